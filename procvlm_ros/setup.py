@@ -1,0 +1,37 @@
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = 'procvlm_ros'
+
+setup(
+    name=PACKAGE,
+    version='0.1.0',
+    packages=find_packages(exclude=['test', 'test.*']),
+    package_data={'procvlm_ros.core': ['templates/*.txt']},
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
+        ('share/' + PACKAGE, ['package.xml']),
+        ('share/' + PACKAGE + '/launch', glob('launch/*.launch.py')),
+        ('share/' + PACKAGE + '/config', glob('config/*.yaml') + glob('config/*.xml')),
+    ],
+    python_requires='>=3.10',
+    install_requires=['numpy>=1.22', 'pillow>=9'],
+    extras_require={
+        'transformers': ['torch>=2.4', 'transformers>=4.57.1,!=5.0.*', 'safetensors'],
+        'media': ['av>=12', 'rosbags>=0.10', 'matplotlib>=3.5', 'tqdm'],
+        'test': ['pytest', 'pytest-timeout'],
+    },
+    zip_safe=True,
+    maintainer='procvlm_ros maintainers',
+    maintainer_email='maintainers@procvlm-ros.invalid',
+    description='Live task-progress monitoring with ProcVLM for ROS 2.',
+    license='Apache-2.0',
+    entry_points={
+        'console_scripts': [
+            'monitor_node = procvlm_ros.ros.monitor_node:main',
+            'procvlm-monitor = procvlm_ros.ros.monitor_node:main',
+            'procvlm-infer = procvlm_ros.cli.infer:main',
+        ],
+    },
+)
