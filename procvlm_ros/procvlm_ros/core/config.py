@@ -1,0 +1,148 @@
+"""
+Configuration dataclasses; they are the parameter schema of the node and the offline CLI.
+
+Each field's ``metadata`` carries the description and allowed range/choices that
+``procvlm_ros.ros.params`` turns into ROS parameter descriptors; ``__post_init__`` validates the
+same rules for non-ROS use, so a bad value is rejected with one clear message everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+import math
+from typing import Any
+
+from procvlm_ros.core.errors import ConfigError
+
+
+def param(description: str, *, lo: float | None = None, hi: float | None = None,
+          choices: tuple[str, ...] | None = None, read_only: bool = True) -> dict[str, Any]:
+    """Field metadata that turns a dataclass field into a declared, validated parameter."""
+    return {'description': description, 'range': (lo, hi), 'choices': choices,
+            'read_only': read_only}
+
+
+BACKENDS = ('transformers', 'onnxruntime', 'tensorrt', 'scripted')
+DTYPES = ('auto', 'bf16', 'fp16', 'fp32')
+
+
+def validate_fields(obj: Any) -> None:
+    """Check every field of a config dataclass against its metadata; raise ConfigError."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        lo, hi = f.metadata.get('range', (None, None))
+        choices = f.metadata.get('choices')
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f'{f.name} must be finite, got {value!r}')
+        if lo is not None and value < lo:
+            raise ConfigError(f'{f.name} must be >= {lo}, got {value!r}')
+        if hi is not None and value > hi:
+            raise ConfigError(f'{f.name} must be <= {hi}, got {value!r}')
+        if choices is not None and value not in choices:
+            raise ConfigError(f'{f.name} must be one of {list(choices)}, got {value!r}')
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """How to load and query the model."""
+
+    backend: str = field(default='transformers', metadata=param(
+        'Inference backend: transformers (reference), onnxruntime, tensorrt, or scripted '
+        '(canned answers for tests and demos only).', choices=BACKENDS))
+    model: str = field(default='', metadata=param(
+        'Checkpoint: a local directory or a Hugging Face hub id (hub needs network access).'))
+    device: str = field(default='auto', metadata=param(
+        'Torch device: auto (cuda if available, else cpu), cpu, cuda or cuda:N.'))
+    dtype: str = field(default='auto', metadata=param(
+        'Weights/compute dtype: auto (bf16 on cuda, fp32 on cpu), bf16, fp16 or fp32.',
+        choices=DTYPES))
+    max_new_tokens: int = field(default=4096, metadata=param(
+        'Upper bound on generated tokens per window (official default 4096).', lo=1, hi=32768))
+    temperature: float = field(default=0.0, metadata=param(
+        'Sampling temperature; 0 is greedy decoding (official default).', lo=0.0, hi=5.0))
+    prompt_layout: str = field(default='images_first', metadata=param(
+        'images_first: official transformers path and training layout; text_first: the '
+        'official default vLLM path (prompt text, then images).',
+        choices=('images_first', 'text_first')))
+    pre_resize_patch_size: int = field(default=14, metadata=param(
+        'qwen-vl-utils pre-resize patch size: 14 = official transformers path (factor 28), '
+        '16 = official vLLM path (factor 32), 0 = no pre-resize.', lo=0, hi=64))
+    min_pixels: int = field(default=0, metadata=param(
+        "Processor minimum image area in pixels; 0 keeps the checkpoint's "
+        'preprocessor_config.json value.', lo=0))
+    max_pixels: int = field(default=0, metadata=param(
+        "Processor maximum image area in pixels; 0 keeps the checkpoint's value.", lo=0))
+    enable_value_head: bool = field(default=False, metadata=param(
+        'Replace the generated progress number with the value head (procvlm_head.pt/.bin), '
+        'as the official --enable_value_head does.'))
+    value_head_calibration: str = field(default='official', metadata=param(
+        'official: sigmoid(z)*100 as the official inference code; trained: '
+        'sigmoid(1.2*z - 0.1)*100, the mapping the head was trained with.',
+        choices=('official', 'trained')))
+    attn_implementation: str = field(default='sdpa', metadata=param(
+        'transformers attention kernel: sdpa, eager or flash_attention_2.',
+        choices=('sdpa', 'eager', 'flash_attention_2')))
+    engine_dir: str = field(default='', metadata=param(
+        'Directory of exported ONNX graphs / TensorRT engines (onnxruntime and tensorrt).'))
+    scripted_outputs: tuple[str, ...] = field(default=(), metadata=param(
+        'scripted backend only: answers returned in turn (test and demo use, never a model).'))
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise ConfigError(f'min_pixels ({self.min_pixels}) > max_pixels ({self.max_pixels})')
+        if self.backend == 'transformers' and not self.model.strip():
+            raise ConfigError('model is empty: set it to a checkpoint directory or hub id')
+        if self.device != 'auto' and not (self.device in ('cpu', 'cuda')
+                                          or self.device.startswith('cuda:')):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """How frames become windows."""
+
+    window_size: int = field(default=8, metadata=param(
+        'Frames per window (official default 8); padded with the first frame at episode start.',
+        lo=1, hi=64))
+    sample_period_s: float = field(default=1.0, metadata=param(
+        'Minimum header-stamp spacing between frames kept in the window; 0 keeps every frame.',
+        lo=0.0, hi=3600.0))
+    jpeg_roundtrip: bool = field(default=True, metadata=param(
+        'JPEG-encode and decode each frame at quality 95 before the model, as the official '
+        'pipeline does (it saves every frame as JPEG q95).'))
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Node-level settings of the live monitor (topics, QoS, input guards, status)."""
+
+    task: str = field(default='', metadata=param(
+        'Task sentence for the prompt; change it at runtime with the ~/set_task service.'))
+    input_type: str = field(default='raw', metadata=param(
+        'raw: subscribe to image (sensor_msgs/Image); compressed: image/compressed '
+        '(sensor_msgs/CompressedImage).', choices=('raw', 'compressed')))
+    qos_reliability: str = field(default='best_effort', metadata=param(
+        'Image subscription reliability; best_effort is the sensor-data default.',
+        choices=('best_effort', 'reliable')))
+    qos_depth: int = field(default=2, metadata=param(
+        'Image subscription queue depth (small: only the newest frames matter).', lo=1, hi=100))
+    max_image_pixels: int = field(default=33_177_600, metadata=param(
+        'Frames with more pixels than this are rejected (default 7680x4320).', lo=1))
+    stale_after_s: float = field(default=5.0, metadata=param(
+        'No frame for this long puts the monitor in STALE_INPUT.', lo=0.1, hi=3600.0,
+        read_only=False))
+    status_period_s: float = field(default=1.0, metadata=param(
+        'Period of Progress messages while loading, waiting for frames, stale or in error.',
+        lo=0.05, hi=60.0))
+    min_inference_period_s: float = field(default=0.0, metadata=param(
+        'Minimum time between two inferences; 0 runs as soon as a new window exists.',
+        lo=0.0, hi=3600.0, read_only=False))
+    publish_model_output: bool = field(default=False, metadata=param(
+        'Copy the decoded model answer into Progress.model_output.', read_only=False))
+
+    def __post_init__(self) -> None:
+        validate_fields(self)

@@ -1,0 +1,109 @@
+"""One window in, one ProgressEstimate out: preprocessing, backend call, parsing, fallback."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+import logging
+
+import numpy as np
+from PIL import Image
+
+from procvlm_ros.core import image as image_ops
+from procvlm_ros.core.backends.base import Backend, GenerationRequest
+from procvlm_ros.core.errors import ProcVlmError
+from procvlm_ros.core.parsing import parse_answer
+from procvlm_ros.core.prompt import validate_task
+from procvlm_ros.core.types import Frame, ProgressEstimate, Status
+
+_LOG = logging.getLogger(__name__)
+
+
+class ProgressEstimator:
+    """
+    Runs windows through a backend and keeps the per-episode carry-forward state.
+
+    The official fallback reuses the last parsed value when an answer has no parsable tag,
+    starting from 0.0. Offline scoring keeps that start (``initial_percent=0.0``); the live
+    node starts from ``None`` so nothing is published as progress before the model said so.
+    """
+
+    def __init__(self, backend: Backend, task: str, *, jpeg_roundtrip: bool = True,
+                 pre_resize_patch_size: int = 14, initial_percent: float | None = None,
+                 cache_size: int = 64) -> None:
+        self.backend = backend
+        self._task = validate_task(task)
+        self._jpeg = jpeg_roundtrip
+        self._patch = pre_resize_patch_size
+        self._initial = initial_percent
+        self._last_percent = initial_percent
+        self._episode = 0
+        self._cache: OrderedDict[Hashable, Image.Image] = OrderedDict()
+        self._cache_size = cache_size
+
+    @property
+    def task(self) -> str:
+        return self._task
+
+    @property
+    def last_percent(self) -> float | None:
+        return self._last_percent
+
+    def new_episode(self, task: str | None = None) -> None:
+        """Forget the progress history (and switch task); validates the task first."""
+        if task is not None:
+            self._task = validate_task(task)
+        self._last_percent = self._initial
+        self._episode += 1
+        self._cache.clear()
+
+    def prepare(self, frame: Frame, key: Hashable | None = None) -> Image.Image:
+        """JPEG q95 round trip and qwen-vl-utils pre-resize, cached per frame key."""
+        if key is not None and key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        rgb = image_ops.jpeg_roundtrip(frame.image) if self._jpeg else frame.image
+        prepared = image_ops.qwen_vl_pre_resize(Image.fromarray(np.ascontiguousarray(rgb)),
+                                                self._patch)
+        if key is not None:
+            self._cache[key] = prepared
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return prepared
+
+    def estimate(self, frames: Sequence[Frame],
+                 keys: Sequence[Hashable] | None = None) -> ProgressEstimate:
+        """Evaluate one window (oldest first). Never raises for model or input trouble."""
+        stamps = tuple(f.stamp_ns for f in frames)
+        indices = tuple(f.index for f in frames)
+        try:
+            keyed = keys if keys is not None else [None] * len(frames)
+            images = [self.prepare(f, k) for f, k in zip(frames, keyed)]
+            result = self.backend.generate(GenerationRequest(
+                images=images, task=self._task,
+                frame_keys=tuple(keys) if keys is not None else None))
+        except ProcVlmError as e:
+            return self._failure(f'{type(e).__name__}: {e}', stamps, indices)
+        except Exception as e:  # noqa: BLE001 - a model bug must not kill the caller's loop
+            _LOG.exception('unexpected backend failure')
+            return self._failure(f'unexpected {type(e).__name__}: {e}', stamps, indices)
+
+        parsed = parse_answer(result.text)
+        if parsed.percent is not None:
+            self._last_percent = parsed.percent
+        status = Status.OK if parsed.percent is not None else Status.CARRIED_FORWARD
+        return ProgressEstimate(
+            status=status, percent=self._last_percent, parsed_percent=parsed.percent,
+            progress_source='model' if parsed.percent is not None else 'previous',
+            remaining_actions=parsed.remaining_actions, reasoning=parsed.reasoning,
+            model_output=result.text, status_message='; '.join(parsed.notes),
+            frame_stamps_ns=stamps, frame_indices=indices, inference_time_s=result.latency_s,
+            generated_tokens=result.generated_tokens, episode=self._episode,
+            timings=dict(result.timings))
+
+    def _failure(self, message: str, stamps: tuple[int, ...],
+                 indices: tuple[int, ...]) -> ProgressEstimate:
+        return ProgressEstimate(
+            status=Status.ERROR, percent=self._last_percent, parsed_percent=None,
+            progress_source='previous', status_message=message, frame_stamps_ns=stamps,
+            frame_indices=indices, episode=self._episode)
