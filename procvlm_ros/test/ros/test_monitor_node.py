@@ -186,3 +186,52 @@ def test_no_task_publishes_error_until_set(probe, start_monitor, helpers):
     assert probe.spin_until(lambda: any(m.task == 'pour' and m.status == Progress.STATUS_OK
                                         for m in got.progress), 15.0), monitor.log()
     assert np.isfinite(got.with_status(Progress.STATUS_OK)[0].value)
+
+
+def test_tiny_model_node_matches_local_reference(probe, start_monitor, helpers, tmp_path):
+    """Real transformers backend in the node; its answer equals a local run on the same window."""
+    from sensor_msgs.msg import Image
+
+    from procvlm_ros.core.backends import create_backend
+    from procvlm_ros.core.config import BackendConfig
+    from procvlm_ros.core.estimator import ProgressEstimator
+    from procvlm_ros.core.types import Frame
+    from procvlm_ros.testing.tiny_model import build_tiny_checkpoint
+
+    model = build_tiny_checkpoint(tmp_path / 'tiny', seed=5)
+    backend_params = {'backend': 'transformers', 'model': str(model), 'device': 'cpu',
+                      'dtype': 'fp32', 'attn_implementation': 'eager', 'max_new_tokens': 10}
+    monitor = start_monitor(dict(backend_params, task='wipe the table', window_size=3,
+                                 sample_period_s=0.5, publish_model_output=True,
+                                 status_period_s=0.2))
+    got = Collector(probe)
+    pub = probe.node.create_publisher(Image, 'image', 10)
+    wait_for_subscriber(probe, pub)
+    frames = helpers.frames(8, seed=9)
+    sent = {}
+    answered = (Progress.STATUS_OK, Progress.STATUS_CARRIED_FORWARD)
+
+    def windows():
+        return [m for m in got.progress if m.status in answered and len(m.frame_stamps) == 3
+                and len({(s.sec, s.nanosec) for s in m.frame_stamps}) == 3]
+
+    i = 0
+    while not windows() and i < 400:  # frames every 0.25 s of stamp time until a full window
+        stamp = 10**9 * 30 + i * 250_000_000
+        sent[stamp] = frames[i % len(frames)]
+        pub.publish(helpers.image_msg(sent[stamp], stamp))
+        probe.spin_for(0.1)
+        i += 1
+    assert windows(), monitor.log()
+    msg = windows()[0]
+    stamps = [s.sec * 10**9 + s.nanosec for s in msg.frame_stamps]
+    # sample_period_s 0.5 with frames every 0.25 s: every other frame is kept.
+    assert all(b - a >= 500_000_000 for a, b in zip(stamps, stamps[1:]))
+    assert msg.backend == 'transformers' and msg.generated_tokens > 0
+    assert msg.inference_time_s > 0 and msg.capture_to_publish_s > 0
+    local_backend = create_backend(BackendConfig(**backend_params))
+    with local_backend:
+        est = ProgressEstimator(local_backend, 'wipe the table')
+        local = est.estimate([Frame(sent[s], s) for s in stamps])
+    assert msg.model_output == local.model_output
+    assert monitor.alive()

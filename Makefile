@@ -1,0 +1,24 @@
+# Developer entry points. Every target sets up .venv itself (scripts/setup_venv.sh is idempotent).
+VENV ?= .venv
+PY := $(abspath $(VENV))/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test test-core lint clean
+
+venv:
+	@scripts/setup_venv.sh $(VENV)
+
+## Live demo: camera stream -> monitor node -> printed Progress, plot in out/demo/
+demo: venv
+	$(PY) scripts/demo.py --out out/demo
+
+## Full test suite (core, backends, media, ROS nodes in separate processes, offline CLI)
+test: venv
+	cd procvlm_ros && PROCVLM_REQUIRE_ROS=1 $(PY) -m pytest test -q -p no:cacheprovider $(PYTEST_ARGS)
+
+## Only the ROS-free core (fast)
+test-core: venv
+	cd procvlm_ros && $(PY) -m pytest test/core -q -p no:cacheprovider $(PYTEST_ARGS)
+
+clean:
+	rm -rf build out $(VENV)
