@@ -32,6 +32,7 @@ setup(
             'monitor_node = procvlm_ros.ros.monitor_node:main',
             'procvlm-monitor = procvlm_ros.ros.monitor_node:main',
             'procvlm-infer = procvlm_ros.cli.infer:main',
+            'video_camera = procvlm_ros.ros.video_camera:main',
         ],
     },
 )
