@@ -20,6 +20,7 @@ setup(
     extras_require={
         'transformers': ['torch>=2.4', 'transformers>=4.57.1,!=5.0.*', 'safetensors'],
         'media': ['av>=12', 'rosbags>=0.10', 'matplotlib>=3.5', 'tqdm'],
+        'onnx': ['onnx>=1.17', 'onnxruntime>=1.18', 'onnxscript'],
         'test': ['pytest', 'pytest-timeout'],
     },
     zip_safe=True,
@@ -33,6 +34,11 @@ setup(
             'procvlm-monitor = procvlm_ros.ros.monitor_node:main',
             'procvlm-infer = procvlm_ros.cli.infer:main',
             'video_camera = procvlm_ros.ros.video_camera:main',
+            'synthetic_camera = procvlm_ros.ros.synthetic_camera:main',
+            'procvlm-export = procvlm_ros.export.cli:main',
+            'procvlm-synth = procvlm_ros.synth.cli:main',
+            'procvlm-eval = procvlm_ros.evaluation.cli:main',
+            'procvlm-visualize = procvlm_ros.cli.visualize:main',
         ],
     },
 )
