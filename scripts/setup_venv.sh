@@ -6,7 +6,7 @@
 # Usage: scripts/setup_venv.sh [VENV_DIR]        (env: PYTHON=python3.11)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-V=${1:-$ROOT/.venv}
+V=$(realpath -m "${1:-$ROOT/.venv}")  # absolute: cmake and the venv need it
 PYTHON=${PYTHON:-python3}
 BUILD=$ROOT/build/procvlm_msgs
 
