@@ -143,6 +143,23 @@ class MonitorConfig:
         lo=0.0, hi=3600.0, read_only=False))
     publish_model_output: bool = field(default=False, metadata=param(
         'Copy the decoded model answer into Progress.model_output.', read_only=False))
+    annotated_image_rate_hz: float = field(default=2.0, metadata=param(
+        'Rate of progress/image (newest frame with the progress drawn on it), published only '
+        'while subscribed; 0 disables.', lo=0.0, hi=60.0))
+    marker_frame_id: str = field(default='base_link', metadata=param(
+        'Frame of the progress/marker text and bar in rviz2.'))
+    marker_scale: float = field(default=1.0, metadata=param(
+        'Size of the rviz2 marker in metres (bar length at 100 %).', lo=0.01, hi=100.0))
+    diagnostics_period_s: float = field(default=1.0, metadata=param(
+        'Period of /diagnostics messages; 0 disables.', lo=0.0, hi=60.0))
+    hil_service: str = field(default='', metadata=param(
+        'External HIL manager service called on intervention events; empty disables.'))
+    hil_service_type: str = field(default='trigger', metadata=param(
+        'trigger (std_srvs/Trigger, called on raise) or set_bool (std_srvs/SetBool, '
+        'true on raise, false on clear).', choices=('trigger', 'set_bool')))
+    hil_timeout_s: float = field(default=5.0, metadata=param(
+        'A HIL call pending longer than this no longer holds back the next one.',
+        lo=0.1, hi=600.0))
 
     def __post_init__(self) -> None:
         validate_fields(self)

@@ -69,3 +69,19 @@ def progress_fields(estimate: ProgressEstimate, *, task: str, backend: str,
 
 def is_nan(x: float) -> bool:
     return isinstance(x, float) and math.isnan(x)
+
+
+def supervision_fields(state: Any) -> dict[str, Any]:
+    """Progress fields owned by the episode supervisor (value is the published one)."""
+    return {'value': float(state.value), 'raw_value': float(state.raw_value),
+            'done': bool(state.done), 'stalled': bool(state.stalled),
+            'stalled_for_s': float(state.stalled_for_s), 'regressed': bool(state.regressed),
+            'episode_time_s': float(state.episode_time_s)}
+
+
+def intervention_fields(event: Any) -> dict[str, Any]:
+    """``procvlm_msgs/Intervention`` fields of a supervisor event (header set by the node)."""
+    return {'reason': int(event.reason), 'active': bool(event.active),
+            'episode_time_s': float(event.episode_time_s), 'value': float(event.value),
+            'stalled_for_s': float(event.stalled_for_s),
+            'remaining_actions': list(event.remaining_actions), 'message': event.message}

@@ -25,13 +25,15 @@ from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 
-_DOMAINS = itertools.count(int(os.environ.get('TEST_ROS_DOMAIN_BASE', '60')))
+# Fast DDS accepts domain ids up to 232. Each test gets a fresh domain, so a node left over from
+# one test cannot talk to the next; the start depends on the process id so that test sessions
+# running side by side on one machine do not share domains either.
+_DOMAINS = itertools.count(int(os.environ.get('TEST_ROS_DOMAIN_BASE', (os.getpid() * 37) % 200)))
 
 
 @pytest.fixture
 def domain_id():
-    # A fresh domain per test: a node left over from one test cannot talk to the next.
-    return next(_DOMAINS) % 100 + 60
+    return 10 + next(_DOMAINS) % 200
 
 
 @pytest.fixture
