@@ -12,12 +12,12 @@ a rosbag2 topic can be scored too, with ``timestamp_sec`` taken from header stam
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from procvlm_ros.core.backends import create_backend
 from procvlm_ros.core.backends.base import Backend
@@ -191,7 +191,8 @@ def infer_progress_from_video(*, video_path: str | Path, task: str, model_path: 
     else:
         dtype = _DTYPES.get(str(torch_dtype).lower())
         if dtype is None:
-            raise ProcVlmError(f'unknown torch_dtype {torch_dtype!r}; use one of {sorted(_DTYPES)}')
+            raise ProcVlmError(
+                f'unknown torch_dtype {torch_dtype!r}; use one of {sorted(_DTYPES)}')
         config = BackendConfig(backend=backend, model=model_path, dtype=dtype,
                                max_new_tokens=max_new_tokens, temperature=temperature,
                                enable_value_head=enable_value_head, **backend_options)

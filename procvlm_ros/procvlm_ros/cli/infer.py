@@ -1,4 +1,4 @@
-"""``procvlm-infer``: score a video or rosbag2 offline (flags of the official evqa/inference.py)."""
+"""``procvlm-infer``: score a video or rosbag2 offline, with the official inference flags."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 import sys
 
-from procvlm_ros.core.config import BACKENDS, BackendConfig
+from procvlm_ros.core.config import BackendConfig, BACKENDS
 from procvlm_ros.core.errors import ProcVlmError
 
 
@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--prompt_layout', default='images_first',
                    choices=['images_first', 'text_first'])
     p.add_argument('--value_head_calibration', default='official', choices=['official', 'trained'])
-    p.add_argument('--engine_dir', default='', help='exported graphs/engines (onnxruntime, tensorrt)')
+    p.add_argument('--engine_dir', default='',
+                   help='exported graphs/engines (onnxruntime, tensorrt)')
     p.add_argument('--no_jpeg_roundtrip', action='store_true',
                    help='skip the official JPEG q95 round trip of every frame')
     p.add_argument('--no_plot', action='store_true', help='do not write the PNG plot')

@@ -95,7 +95,7 @@ class BackendConfig:
             raise ConfigError('model is empty: set it to a checkpoint directory or hub id')
         if self.device != 'auto' and not (self.device in ('cpu', 'cuda')
                                           or self.device.startswith('cuda:')):
-            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+            raise ConfigError(f'device must be auto, cpu, cuda or cuda:N, got {self.device!r}')
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
+
 from procvlm_ros.core.errors import ConfigError, ImageError
 
 __all__ = [

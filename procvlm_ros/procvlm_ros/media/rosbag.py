@@ -17,6 +17,12 @@ import sqlite3
 from typing import Any, Literal
 
 import numpy as np
+from rosbags.highlevel import AnyReader, AnyReaderError
+from rosbags.interfaces import Connection
+from rosbags.rosbag2 import ReaderError, StoragePlugin, Writer
+from rosbags.typesys import get_typestore, Stores
+from rosbags.typesys.store import Typestore
+
 from procvlm_ros.core.errors import ConfigError, ImageError, MediaError
 from procvlm_ros.core.image import (
     compressed_to_rgb,
@@ -26,11 +32,6 @@ from procvlm_ros.core.image import (
 )
 from procvlm_ros.core.types import Frame
 from procvlm_ros.media import unique_sorted_indices
-from rosbags.highlevel import AnyReader, AnyReaderError
-from rosbags.interfaces import Connection
-from rosbags.rosbag2 import ReaderError, StoragePlugin, Writer
-from rosbags.typesys import get_typestore, Stores
-from rosbags.typesys.store import Typestore
 
 __all__ = [
     'IMAGE_MSGTYPES',

@@ -20,6 +20,7 @@ import av.container
 import av.video.stream
 import numpy as np
 import numpy.typing as npt
+
 from procvlm_ros.core.errors import ConfigError, ImageError, MediaError
 from procvlm_ros.core.types import Frame
 from procvlm_ros.media import unique_sorted_indices

@@ -39,7 +39,11 @@ from procvlm_ros.core.estimator import ProgressEstimator
 from procvlm_ros.core.frame_window import FrameWindow
 from procvlm_ros.core.prompt import validate_task
 from procvlm_ros.core.supervision import (
-    EpisodeSupervisor, InterventionEvent, SupervisionConfig, SupervisorState)
+    EpisodeSupervisor,
+    InterventionEvent,
+    SupervisionConfig,
+    SupervisorState,
+)
 from procvlm_ros.core.types import Frame, ProgressEstimate, Status
 from procvlm_ros.ros import conversions, views
 from procvlm_ros.ros.hil import HilServiceCaller
@@ -435,9 +439,9 @@ _STATUS_NAMES = {int(s): s.name for s in Status}
 def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args if args is not None else sys.argv)
     node = None
+    executor = MultiThreadedExecutor(num_threads=3)
     try:
         node = MonitorNode()
-        executor = MultiThreadedExecutor(num_threads=3)
         executor.add_node(node)
         executor.spin()
     except (ConfigError, ProcVlmError) as e:
@@ -447,6 +451,8 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Let in-flight callbacks finish before the node they use is destroyed.
+        executor.shutdown(timeout_sec=10.0)
         if node is not None:
             node.close()
             node.destroy_node()

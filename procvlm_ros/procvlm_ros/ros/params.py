@@ -7,7 +7,12 @@ import sys
 from typing import Any, TypeVar
 
 from rcl_interfaces.msg import (
-    FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType, SetParametersResult)
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    ParameterType,
+    SetParametersResult,
+)
 from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -68,7 +73,7 @@ def _declare(node: Node, f: Any, default: Any) -> Any:
 
 
 def validate_update(config: Any, params: list[Parameter]) -> tuple[Any, SetParametersResult]:
-    """Apply parameter changes that belong to ``config``; reject them with the dataclass's reason."""
+    """Apply parameter changes to ``config``; reject them with the dataclass's reason."""
     names = {f.name for f in fields(config)}
     changes = {p.name: p.value for p in params if p.name in names}
     if not changes:

@@ -176,8 +176,9 @@ def write_value_head_sidecar(out_dir: str | Path, hidden_size: int, *, seed: int
     :param relpath: Location inside ``out_dir`` (official save location by default).
     :returns: Path of the written file.
     """
-    from procvlm_ros.core.backends.value_head import build_value_head
     import torch
+
+    from procvlm_ros.core.backends.value_head import build_value_head
 
     torch.manual_seed(seed)
     head = build_value_head(hidden_size)

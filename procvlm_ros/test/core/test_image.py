@@ -3,6 +3,8 @@ import io
 
 import numpy as np
 from PIL import Image, JpegImagePlugin
+import pytest
+
 from procvlm_ros.core.errors import ConfigError, ImageError, ProcVlmError
 from procvlm_ros.core.image import (
     compressed_to_rgb,
@@ -14,7 +16,6 @@ from procvlm_ros.core.image import (
     smart_resize,
     SUPPORTED_ENCODINGS,
 )
-import pytest
 
 H, W = 2, 3
 # Six distinct pixels: a transposition, channel swap or padding slip changes at least one.

@@ -2,7 +2,7 @@ import subprocess
 import sys
 
 # Block heavy and ROS modules, then import the whole core: it must not need any of them.
-CODE = '''
+CODE = """
 import sys
 class Block:
     def find_spec(self, name, path=None, target=None):
@@ -14,7 +14,7 @@ import procvlm_ros.core.parsing, procvlm_ros.core.prompt, procvlm_ros.core.sampl
 import procvlm_ros.core.image, procvlm_ros.core.backends, procvlm_ros.core.backends.scripted
 import procvlm_ros.core.backends.transformers_backend
 print('ok')
-'''
+"""
 BLOCKED = {'rclpy', 'torch', 'transformers', 'tensorrt', 'onnxruntime', 'sensor_msgs',
            'std_msgs', 'procvlm_msgs', 'builtin_interfaces', 'av', 'rosbags', 'matplotlib'}
 

@@ -1,7 +1,11 @@
 import pytest
 
 from procvlm_ros.core.parsing import (
-    extract_progress, extract_reasoning_text, extract_remaining_actions, parse_answer)
+    extract_progress,
+    extract_reasoning_text,
+    extract_remaining_actions,
+    parse_answer,
+)
 
 TRAINED = ('The following actions are required: \n1. pick up the towel\n2. fold it in half\n'
            'Therefore, the estimated progress is <progress>42.50%</progress>.')

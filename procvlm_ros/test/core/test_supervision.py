@@ -3,8 +3,7 @@ import math
 import pytest
 
 from procvlm_ros.core.errors import ConfigError
-from procvlm_ros.core.supervision import (
-    EpisodeSupervisor, Reason, SupervisionConfig)
+from procvlm_ros.core.supervision import EpisodeSupervisor, Reason, SupervisionConfig
 from procvlm_ros.core.types import ProgressEstimate, Status
 
 S = 1_000_000_000

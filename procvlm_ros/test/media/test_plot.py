@@ -1,8 +1,9 @@
 import numpy as np
 from PIL import Image
+import pytest
+
 from procvlm_ros.core.errors import ConfigError
 from procvlm_ros.media.plot import plot_progress  # imports matplotlib only when called
-import pytest
 
 pytest.importorskip('matplotlib')
 

@@ -1,19 +1,21 @@
 import numpy as np
+import pytest
+
 from procvlm_ros.core.errors import ConfigError, ImageError, MediaError
 from procvlm_ros.core.image import jpeg_roundtrip
 from procvlm_ros.core.types import Frame
-import pytest
 
 try:
+    from rosbags.rosbag1 import Writer as Ros1Writer
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import get_typestore, Stores
+
     from procvlm_ros.media.rosbag import (
         list_image_topics,
         probe_image_topic,
         read_bag_frames,
         write_image_bag,
     )
-    from rosbags.rosbag1 import Writer as Ros1Writer
-    from rosbags.rosbag2 import StoragePlugin, Writer
-    from rosbags.typesys import get_typestore, Stores
 except ModuleNotFoundError as e:  # rosbags comes with the optional 'media' extra
     if e.name != 'rosbags':
         raise

@@ -1,11 +1,13 @@
 from types import SimpleNamespace
 
 import numpy as np
-from procvlm_ros.core.errors import ConfigError, ImageError, MediaError
 import pytest
+
+from procvlm_ros.core.errors import ConfigError, ImageError, MediaError
 
 try:
     import av
+
     from procvlm_ros.media import video
     from procvlm_ros.media.video import (
         DEFAULT_FPS,

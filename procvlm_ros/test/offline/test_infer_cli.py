@@ -133,7 +133,8 @@ def test_rosbag_topic_scoring_and_topic_errors(model_dir, tmp_path):
 def test_bad_input_is_a_clear_error(case, model_dir, video, tmp_path):
     args = {'video_path': str(video), 'task': TASK, 'model_path': str(model_dir)}
     expect = {'missing_video': 'not found', 'corrupt_video': 'corrupt.mp4',
-              'empty_task': 'non-empty', 'missing_model': 'does not exist', 'not_qwen': 'qwen3_vl'}[case]
+              'empty_task': 'non-empty', 'missing_model': 'does not exist',
+              'not_qwen': 'qwen3_vl'}[case]
     if case == 'missing_video':
         args['video_path'] = str(tmp_path / 'none.mp4')
     elif case == 'corrupt_video':

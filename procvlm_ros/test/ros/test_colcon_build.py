@@ -60,7 +60,7 @@ def test_installed_node_runs_with_installed_params(workspace, ros_env, probe):
         assert probe.spin_until(lambda: got, 20.0)
     finally:
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=15)
+        out, _ = proc.communicate(timeout=40)
     assert str(workspace / 'install') in out.splitlines()[0]  # the installed copy ran
     assert got[0].task == 'installed' and got[0].backend == 'scripted'
     assert got[0].status == Progress.STATUS_WAITING_FOR_FRAMES

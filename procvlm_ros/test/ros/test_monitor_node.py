@@ -108,8 +108,8 @@ def test_set_task_reset_and_bad_images(probe, start_monitor, helpers):
     assert not got.with_status(Progress.STATUS_OK)  # nothing was evaluated from bad frames
     assert monitor.alive()
 
-    rejected = probe.call(SetTask, '/procvlm_monitor/set_task', SetTask.Request(task='   '))
-    assert not rejected.success and 'non-empty' in rejected.message
+    refused = probe.call(SetTask, '/procvlm_monitor/set_task', SetTask.Request(task='   '))
+    assert not refused.success and 'non-empty' in refused.message
     ok = probe.call(SetTask, '/procvlm_monitor/set_task', SetTask.Request(task='fold towel'))
     assert ok.success
     publish_frames(probe, pub, helpers, 3)

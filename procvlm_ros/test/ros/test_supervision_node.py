@@ -13,7 +13,7 @@ from std_msgs.msg import Bool
 from visualization_msgs.msg import Marker
 
 # A stand-in for an external HIL manager: prints every SetBool request it gets.
-FAKE_HIL = '''
+FAKE_HIL = """
 import sys, rclpy
 from rclpy.executors import ExternalShutdownException
 from std_srvs.srv import SetBool
@@ -29,7 +29,7 @@ try:
     rclpy.spin(node)
 except (KeyboardInterrupt, ExternalShutdownException):
     pass
-'''
+"""
 # Scripted model values (percent), one per window: rise, plateau (stall), resume, finish.
 VALUES = [10, 30] + [31, 32, 31, 30, 32] * 3 + [60, 80, 97, 98, 99, 99, 99, 99]
 PARAMS = {'backend': 'scripted', 'task': 'stack the cups', 'window_size': 2,

