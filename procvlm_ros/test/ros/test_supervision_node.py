@@ -7,6 +7,7 @@ import sys
 from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
 from procvlm_msgs.msg import Intervention, Progress
+import pytest
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool
@@ -42,10 +43,19 @@ PARAMS = {'backend': 'scripted', 'task': 'stack the cups', 'window_size': 2,
                                for v in VALUES]}
 
 
-def test_one_intervention_per_stall_done_latched_and_views(probe, start_monitor, helpers,
-                                                           ros_env):
+@pytest.fixture
+def fake_hil(ros_env):
     hil = subprocess.Popen([sys.executable, '-c', FAKE_HIL], env=ros_env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    yield hil
+    if hil.poll() is None:  # never leave the helper process behind
+        hil.kill()
+        hil.wait()
+
+
+def test_one_intervention_per_stall_done_latched_and_views(probe, start_monitor, helpers,
+                                                           fake_hil):
+    hil = fake_hil
     assert hil.stdout.readline().strip() == 'READY'
     monitor = start_monitor(PARAMS)
     progress, interventions, images, markers, diags = [], [], [], [], []
