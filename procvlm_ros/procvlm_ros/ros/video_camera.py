@@ -7,7 +7,6 @@ stamped with the node clock at publication, as a camera driver would stamp them.
 
 from __future__ import annotations
 
-import array
 import sys
 import time
 
@@ -16,8 +15,10 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
+from std_msgs.msg import Header
 
 from procvlm_ros.media.video import probe_video, read_video_frames
+from procvlm_ros.ros.views import rgb_to_image_msg
 
 
 class VideoCamera(Node):
@@ -37,12 +38,8 @@ class VideoCamera(Node):
         while rclpy.ok():
             next_t = time.monotonic()
             for frame in read_video_frames(self.path, None):
-                msg = Image(height=frame.image.shape[0], width=frame.image.shape[1],
-                            encoding='rgb8', step=frame.image.shape[1] * 3)
-                msg.header.stamp = self.get_clock().now().to_msg()
-                msg.header.frame_id = self.frame_id
-                msg.data = array.array('B', frame.image.tobytes())
-                self.pub.publish(msg)
+                header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.frame_id)
+                self.pub.publish(rgb_to_image_msg(frame.image, header))
                 next_t += self.period
                 time.sleep(max(0.0, next_t - time.monotonic()))
                 if not rclpy.ok():
