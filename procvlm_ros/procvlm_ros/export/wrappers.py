@@ -1,0 +1,159 @@
+"""
+Traceable wrappers around the Qwen3-VL sub-modules (``qwen3vl-export.md`` sections 3 and 5).
+
+- ``VisionForExport``: the vision tower with frames as the batch axis, so the frame count is a
+  plain dynamic dimension (HF's per-image ``cu_seqlens`` split does not trace). The geometry
+  (position-table taps, rotary positions) comes in as inputs computed on the host.
+- ``DecoderForExport``: the language model with the embedding lookup and the image/deepstack
+  merge inside the graph. Visual features are read from a *feature bank* by row index (row 0 is
+  zeros), so cached per-frame features are never concatenated per call. The KV cache is a
+  preallocated input ``[1, kv, C, hd]`` per layer that the graph only reads (slots at or beyond
+  ``past_length`` are masked); the graph returns the K/V rows of the new tokens only, which the
+  host writes into the cache. Attention is split into a cache part and a new-token part so the
+  cache is never concatenated or copied inside the graph.
+
+Every module reuses the HF sub-modules and weights; only the control flow is rewritten.
+torch is imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+
+@functools.cache
+def wrapper_classes() -> tuple[type, type]:
+    """Return ``(VisionForExport, DecoderForExport)``; defined lazily to keep torch optional."""
+    import torch
+    from torch import nn
+
+    def rotate_half(x: Any) -> Any:
+        half = x.shape[-1] // 2
+        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+    class VisionForExport(nn.Module):
+        """Per-frame pixels -> merged image embeddings and deepstack features."""
+
+        def __init__(self, visual: Any) -> None:
+            super().__init__()
+            self.visual = visual
+            self.deepstack_indexes = list(visual.deepstack_visual_indexes)
+            cfg = visual.config
+            self.num_heads = int(cfg.num_heads)
+            self.head_dim = int(cfg.hidden_size) // self.num_heads
+
+        def _attention(self, attn: Any, x: Any, cos: Any, sin: Any) -> Any:
+            frames, patches, width = x.shape
+            qkv = attn.qkv(x).reshape(frames, patches, 3, self.num_heads, self.head_dim)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (F, heads, P, hd)
+            qf, kf = q.float(), k.float()
+            q = (qf * cos + rotate_half(qf) * sin).to(v.dtype)
+            k = (kf * cos + rotate_half(kf) * sin).to(v.dtype)
+            scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scaling  # (F, heads, P, P)
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+            out = torch.matmul(probs, v).transpose(1, 2).reshape(frames, patches, width)
+            return attn.proj(out)
+
+        def forward(self, pixel_values: Any, interp_indices: Any, interp_weights: Any,
+                    rope_pos: Any) -> tuple[Any, Any]:
+            v = self.visual
+            frames, patches, _ = pixel_values.shape
+            proj = v.patch_embed.proj  # Conv3d with stride == kernel: a linear layer on patches
+            weight = proj.weight.reshape(proj.weight.shape[0], -1)
+            x = torch.matmul(pixel_values.to(weight.dtype), weight.t()) + proj.bias  # (F, P, D)
+            pos = (v.pos_embed(interp_indices) * interp_weights[:, :, None]).sum(1)  # (P, D)
+            x = x + pos.to(x.dtype)
+            cos, sin = v.rotary_pos_emb(x, rope_pos)  # (P, hd) each, float32
+            cos, sin = cos[None, None].float(), sin[None, None].float()
+            feats = []
+            for i, blk in enumerate(v.blocks):
+                x = x + self._attention(blk.attn, blk.norm1(x), cos, sin)
+                x = x + blk.mlp(blk.norm2(x))
+                if i in self.deepstack_indexes:
+                    merger = v.deepstack_merger_list[self.deepstack_indexes.index(i)]
+                    feats.append(merger(x.reshape(frames * patches, -1)))
+            embeds = v.merger(x.reshape(frames * patches, -1))
+            tokens = embeds.shape[0] // frames
+            deepstack = torch.stack(feats).reshape(len(feats), frames, tokens, -1)
+            return embeds.reshape(frames, tokens, -1), deepstack
+
+    class DecoderForExport(nn.Module):
+        """Token ids + feature bank + M-RoPE positions + KV cache -> logits and new K/V rows."""
+
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            lm = model.model.language_model
+            self.embed_tokens, self.layers, self.norm = lm.embed_tokens, lm.layers, lm.norm
+            self.rotary_emb, self.lm_head = lm.rotary_emb, model.lm_head
+            if getattr(self.lm_head, 'bias', None) is not None:
+                raise ValueError('lm_head with a bias is not supported')
+            cfg = lm.config
+            self.num_heads = int(cfg.num_attention_heads)
+            self.num_kv = int(cfg.num_key_value_heads)
+            self.head_dim = int(getattr(cfg, 'head_dim', None)
+                                or cfg.hidden_size // cfg.num_attention_heads)
+            self.num_deepstack = len(model.config.vision_config.deepstack_visual_indexes)
+
+        def _layer(self, layer: Any, h: Any, cos: Any, sin: Any, k_cache: Any, v_cache: Any,
+                   mask: Any) -> tuple[Any, Any, Any]:
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            seq = x.shape[1]
+            groups = self.num_heads // self.num_kv
+            q = attn.q_norm(attn.q_proj(x).view(1, seq, self.num_heads, self.head_dim))
+            k = attn.k_norm(attn.k_proj(x).view(1, seq, self.num_kv, self.head_dim))
+            v = attn.v_proj(x).view(1, seq, self.num_kv, self.head_dim).transpose(1, 2)
+            q, k = q.transpose(1, 2), k.transpose(1, 2)
+            q = q * cos[:, None] + rotate_half(q) * sin[:, None]
+            k = k * cos[:, None] + rotate_half(k) * sin[:, None]
+            # Query heads grouped by their KV head: (1, kv, g*S, hd); HF's repeat_kv order.
+            qg = q.reshape(1, self.num_kv, groups * seq, self.head_dim)
+            # K_cache @ Q^T keeps the cache in its stored layout (no transpose of the cache).
+            s_cache = torch.matmul(k_cache, qg.transpose(-1, -2)).transpose(-1, -2)
+            s_new = torch.matmul(qg, k.transpose(-1, -2))
+            scores = torch.cat([s_cache, s_new], dim=-1).float() * attn.scaling + mask
+            probs = torch.softmax(scores, dim=-1).to(v.dtype)
+            slots = k_cache.shape[2]
+            out = (torch.matmul(probs[..., :slots], v_cache)
+                   + torch.matmul(probs[..., slots:], v))  # (1, kv, g*S, hd)
+            out = out.reshape(1, self.num_heads, seq, self.head_dim).transpose(1, 2)
+            h = h + attn.o_proj(out.reshape(1, seq, self.num_heads * self.head_dim))
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            return h, k, v
+
+        def _mask(self, seq: int, slots: int, past_length: Any, device: Any) -> Any:
+            """Additive float32 mask ``(g*S, C+S)``: valid cache slots, causal new tokens."""
+            neg = torch.finfo(torch.float32).min
+            slot = torch.arange(slots, device=device)
+            cache_part = torch.where(slot[None, :] < past_length[:, None], 0.0, neg)
+            groups = self.num_heads // self.num_kv
+            token = torch.arange(seq, device=device)
+            new_part = torch.where(token[None, :] <= token[:, None], 0.0, neg).repeat(groups, 1)
+            cache_part = cache_part.expand(groups * seq, slots)
+            return torch.cat([cache_part, new_part], dim=-1).to(torch.float32)
+
+        def forward(self, input_ids: Any, visual_index: Any, image_embeds: Any, deepstack: Any,
+                    position_ids: Any, past_length: Any,
+                    cache: tuple[Any, ...]) -> tuple[Any, Any, Any]:
+            text = self.embed_tokens(input_ids)  # (1, S, H)
+            # Plain Gathers (no GatherND): bank row 0 is zeros, so text positions read zeros.
+            vis = nn.functional.embedding(visual_index, image_embeds).to(text.dtype)
+            h = torch.where((visual_index > 0)[..., None], vis, text)
+            ds = deepstack.index_select(1, visual_index[0]).to(text.dtype)  # (K, S, H)
+            cos, sin = self.rotary_emb(h, position_ids)  # (1, S, hd) each
+            seq, slots = input_ids.shape[1], cache[0].shape[2]
+            mask = self._mask(seq, slots, past_length, input_ids.device)
+            new_kv = []
+            for i, layer in enumerate(self.layers):
+                h, k, v = self._layer(layer, h, cos, sin, cache[2 * i], cache[2 * i + 1], mask)
+                new_kv.append(torch.stack([k, v]))
+                if i < self.num_deepstack:
+                    h = h + ds[i][None]
+            last = self.norm(h[:, -1])  # (1, H)
+            # W @ h^T reads the (V, H) weight as stored: a tied embedding/lm_head table stays
+            # one initializer (h @ W^T would be folded into a transposed copy by the exporter).
+            logits = torch.matmul(self.lm_head.weight, last.t()).t().float()  # (1, V)
+            return logits, torch.argmax(logits, dim=-1), torch.stack(new_kv)
+
+    return VisionForExport, DecoderForExport
