@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(abspath $(VENV))/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-core lint clean
+.PHONY: venv demo test test-core bench lint clean
 
 venv:
 	@scripts/setup_venv.sh $(VENV)
@@ -19,6 +19,14 @@ test: venv
 ## Only the ROS-free core (fast)
 test-core: venv
 	cd procvlm_ros && $(PY) -m pytest test/core -q -p no:cacheprovider $(PYTEST_ARGS)
+
+## Benchmark every available backend on the tiny model (see docs/export.md)
+bench: venv
+	PATH=$(abspath $(VENV))/bin:$$PATH bench/tiny_cpu.sh
+
+## ruff with the ament-compatible settings in procvlm_ros/pyproject.toml
+lint: venv
+	cd procvlm_ros && $(abspath $(VENV))/bin/ruff check procvlm_ros test launch
 
 clean:
 	rm -rf build out $(VENV)
