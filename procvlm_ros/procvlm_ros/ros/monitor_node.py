@@ -408,6 +408,8 @@ class MonitorNode(Node):
                 ('inference_errors', self._stats['errors']),
                 ('latency_p50_s', self._latency.percentile(50)),
                 ('latency_p95_s', self._latency.percentile(95)),
+                ('vision_cache_hit_rate',
+                 last.timings.get('vision_cache_hit_rate', math.nan) if last else math.nan),
                 ('last_status', _STATUS_NAMES.get(int(last.status), '') if last else ''),
                 ('last_error', self._load_error or (
                     last.status_message if last and last.status is Status.ERROR else ''))]),

@@ -2,6 +2,7 @@
 
 import time
 
+from diagnostic_msgs.msg import DiagnosticArray
 from procvlm_msgs.msg import Progress
 import pytest
 
@@ -23,8 +24,9 @@ def test_onnxruntime_node_answers_like_the_transformers_reference(probe, start_m
                              'device': 'cpu', 'max_new_tokens': 10, 'task': 'wipe the table',
                              'window_size': 3, 'sample_period_s': 0.5,
                              'publish_model_output': True, 'status_period_s': 0.2})
-    got = []
+    got, diags = [], []
     probe.node.create_subscription(Progress, 'progress', got.append, 50)
+    probe.node.create_subscription(DiagnosticArray, '/diagnostics', diags.append, 10)
     pub = probe.node.create_publisher(Image, 'image', 10)
     assert probe.spin_until(lambda: pub.get_subscription_count() > 0, 15.0), monitor.log()
     frames = helpers.frames(8, seed=9)
@@ -45,6 +47,16 @@ def test_onnxruntime_node_answers_like_the_transformers_reference(probe, start_m
     assert len(windows()) >= 2, monitor.log()
     assert monitor.alive()
     assert all(m.backend == 'onnxruntime' and m.generated_tokens > 0 for m in windows())
+    # Sliding windows reuse frames: the vision cache hit rate reaches /diagnostics.
+    def hit_rate():
+        for array in reversed(diags):
+            for status in array.status:
+                values = {kv.key: kv.value for kv in status.values}
+                if 'vision_cache_hit_rate' in values:
+                    return float(values['vision_cache_hit_rate'])
+        return float('nan')
+
+    assert probe.spin_until(lambda: hit_rate() > 0, 5.0), hit_rate()
     reference = create_backend(BackendConfig(model=str(checkpoint), device='cpu', dtype='fp32',
                                              max_new_tokens=10))
     with reference:
