@@ -1,0 +1,18 @@
+"""
+The demo/test progress model: a tiny Qwen3-VL trained on synthetic episodes.
+
+**Not ProcVLM-2B.** It knows only the synthetic table-top task of ``procvlm_ros.synth``
+(160x120 frames, 2 fps, stack / push / bin). ``CHECKPOINT_DIR`` is the committed checkpoint;
+``DATA_CARD.md`` beside the weights says how it was trained and how accurate it is.
+"""
+
+from pathlib import Path
+
+CHECKPOINT_DIR = Path(__file__).resolve().parent / 'checkpoint'
+# The live node must keep every camera frame of a 2 fps synthetic camera, so windows hold
+# consecutive frames as in training: any sample_period_s below 0.5 s works, 0.4 leaves room
+# for stamp jitter.
+SAMPLE_PERIOD_S = 0.4
+WINDOW_SIZE = 8
+
+__all__ = ['CHECKPOINT_DIR', 'SAMPLE_PERIOD_S', 'WINDOW_SIZE']

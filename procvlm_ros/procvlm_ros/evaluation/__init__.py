@@ -1,0 +1,1 @@
+"""Accuracy evaluation of progress models on synthetic episodes (``procvlm-eval``)."""

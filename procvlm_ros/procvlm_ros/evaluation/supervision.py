@@ -1,0 +1,66 @@
+"""
+Offline evaluation of the episode supervisor on scored episodes.
+
+The monitor's stall logic (``core.supervision.EpisodeSupervisor``) runs on each episode's
+predicted progress, one estimate per evaluated frame at that frame's time, exactly as the node
+feeds it; its intervention events are compared with the ground-truth stall intervals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from procvlm_ros.core import metrics
+from procvlm_ros.core.supervision import EpisodeSupervisor, Reason, SupervisionConfig
+from procvlm_ros.core.types import ProgressEstimate, Status
+
+NS = 1_000_000_000
+
+
+def supervise(times_s: Sequence[float], values: Sequence[float],
+              config: SupervisionConfig) -> tuple[list[tuple[float, bool]], list[float]]:
+    """Replay predictions through the supervisor; return (time, stalled) samples and alarms."""
+    supervisor = EpisodeSupervisor(config, stale_after_s=3600.0)
+    supervisor.reset(0)
+    flags, alarms = [], []
+    for t, v in zip(times_s, values):
+        estimate = ProgressEstimate(status=Status.OK, percent=100.0 * float(v),
+                                    parsed_percent=100.0 * float(v), progress_source='model')
+        state = supervisor.update(estimate, int(round(t * NS)))
+        flags.append((float(t), state.stalled))
+        alarms += [e.stamp_ns / NS for e in state.events
+                   if e.active and e.reason is Reason.STALLED]
+    return flags, alarms
+
+
+def stall_report(results: Sequence[Any], config: SupervisionConfig) -> dict[str, Any]:
+    """
+    Stall episodes: share whose stall raised an intervention while it lasted (within the stall
+    window after it ended at the latest). Steady (success) episodes: share without any.
+    """
+    grace = config.stall_window_s
+    stall_rows, steady_rows = [], []
+    for r in results:
+        flags, alarms = supervise(r.times, r.pred, config)
+        intervals = [(iv['start_s'], iv['end_s']) for iv in r.stall_intervals]
+        detection = metrics.stall_detection(intervals, flags, grace_s=grace)
+        row = {'episode_id': r.episode_id, 'kind': r.kind, 'alarms_s': alarms,
+               **detection.to_dict()}
+        if r.kind == 'stall':
+            stall_rows.append(row)
+        elif r.kind == 'success':
+            steady_rows.append(row)
+    detected = sum(row['missed'] == 0 and row['detected'] > 0 for row in stall_rows)
+    quiet = sum(not row['alarms_s'] for row in steady_rows)
+    return {
+        'config': {'stall_window_s': config.stall_window_s,
+                   'stall_min_delta': config.stall_min_delta, 'grace_s': grace},
+        'stall_episodes': len(stall_rows),
+        'stall_detected_rate': detected / len(stall_rows) if stall_rows else None,
+        'stall_mean_delay_s': metrics.mean_over_episodes(
+            row['mean_delay_s'] for row in stall_rows),
+        'steady_episodes': len(steady_rows),
+        'steady_no_intervention_rate': quiet / len(steady_rows) if steady_rows else None,
+        'rows': stall_rows + steady_rows,
+    }

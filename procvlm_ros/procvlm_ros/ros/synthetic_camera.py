@@ -1,0 +1,112 @@
+"""
+A live camera playing a generated synthetic episode: ``sensor_msgs/Image`` (rgb8) on ``image``.
+
+The episode is ``procvlm_ros.synth.generate_episode(seed, index, kind, task_kind, fps)``, so the
+same parameters always show the same scene, and its ground truth is known: with
+``publish_ground_truth`` the true progress of each published frame goes out on
+``ground_truth`` (``std_msgs/Float32``, 0-1) with the same timing, so a demo can show truth
+beside the estimate. The task sentence is published once on ``task`` (``std_msgs/String``,
+transient local) and logged. Frames are stamped with the node clock at publication, as a
+camera driver would stamp them.
+
+After the last frame the camera keeps publishing the final frame (a real camera does not stop)
+unless ``loop`` restarts the episode or ``exit_when_done`` ends the process.
+"""
+
+from __future__ import annotations
+
+import array
+import sys
+import time
+
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from std_msgs.msg import Float32, String
+
+from procvlm_ros.synth.episode import DEFAULT_FPS, EPISODE_KINDS, generate_episode
+from procvlm_ros.synth.scene import TASK_KINDS
+
+
+class SyntheticCamera(Node):
+    def __init__(self) -> None:
+        super().__init__('synthetic_camera')
+        kind = self.declare_parameter('kind', 'stall').value
+        task_kind = self.declare_parameter('task_kind', '').value
+        seed = int(self.declare_parameter('seed', 0).value)
+        index = int(self.declare_parameter('index', 0).value)
+        fps = float(self.declare_parameter('fps', DEFAULT_FPS).value)
+        self.loop = bool(self.declare_parameter('loop', False).value)
+        self.exit_when_done = bool(self.declare_parameter('exit_when_done', False).value)
+        self.start_delay_s = float(self.declare_parameter('start_delay_s', 0.0).value)
+        self.frame_id = self.declare_parameter('frame_id', 'camera').value
+        publish_gt = bool(self.declare_parameter('publish_ground_truth', True).value)
+        if kind not in EPISODE_KINDS:
+            raise ValueError(f'kind must be one of {EPISODE_KINDS}, got {kind!r}')
+        if task_kind and task_kind not in TASK_KINDS:
+            raise ValueError(f'task_kind must be empty or one of {TASK_KINDS}, got {task_kind!r}')
+        if not fps > 0:
+            raise ValueError(f'fps must be > 0, got {fps}')
+        self.episode = generate_episode(seed, index, kind, task_kind or None, fps=fps)
+        self.progress = self.episode.progress
+        self.period = 1.0 / fps
+        self.pub = self.create_publisher(Image, 'image', qos_profile_sensor_data)
+        self.gt_pub = self.create_publisher(Float32, 'ground_truth', 10) if publish_gt else None
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                             reliability=ReliabilityPolicy.RELIABLE)
+        self.task_pub = self.create_publisher(String, 'task', latched)
+        self.task_pub.publish(String(data=self.episode.task.sentence))
+        stalls = ', '.join(f'{iv.start / fps:.1f}-{iv.end / fps:.1f} s ({iv.cause})'
+                           for iv in self.episode.stall_intervals) or 'none'
+        self.get_logger().info(
+            f'{self.episode.episode_id} seed {seed} [{kind}/{self.episode.task.kind}] '
+            f'"{self.episode.task.sentence}": {self.episode.num_frames} frames '
+            f'{self.episode.width}x{self.episode.height} at {fps:g} Hz; stalls: {stalls}')
+
+    def publish_frame(self, i: int) -> None:
+        rgb = self.episode.frame(i)
+        msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding='rgb8',
+                    step=rgb.shape[1] * 3)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.frame_id = self.frame_id
+        msg.data = array.array('B', rgb.tobytes())
+        self.pub.publish(msg)
+        if self.gt_pub is not None:
+            self.gt_pub.publish(Float32(data=float(self.progress[i])))
+
+    def run(self) -> None:
+        time.sleep(max(0.0, self.start_delay_s))
+        next_t = time.monotonic()
+        last = self.episode.num_frames - 1
+        i = 0
+        while rclpy.ok():
+            self.publish_frame(min(i, last))
+            next_t += self.period
+            time.sleep(max(0.0, next_t - time.monotonic()))
+            i += 1
+            if i > last:
+                if self.loop:
+                    i = 0
+                elif self.exit_when_done:
+                    return
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = None
+    try:
+        node = SyntheticCamera()
+        node.run()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
