@@ -15,7 +15,6 @@ unless ``loop`` restarts the episode or ``exit_when_done`` ends the process.
 
 from __future__ import annotations
 
-import array
 import sys
 import time
 
@@ -24,8 +23,9 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
-from std_msgs.msg import Float32, String
+from std_msgs.msg import Float32, Header, String
 
+from procvlm_ros.ros.views import rgb_to_image_msg
 from procvlm_ros.synth.episode import DEFAULT_FPS, EPISODE_KINDS, generate_episode
 from procvlm_ros.synth.scene import TASK_KINDS
 
@@ -66,13 +66,8 @@ class SyntheticCamera(Node):
             f'{self.episode.width}x{self.episode.height} at {fps:g} Hz; stalls: {stalls}')
 
     def publish_frame(self, i: int) -> None:
-        rgb = self.episode.frame(i)
-        msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding='rgb8',
-                    step=rgb.shape[1] * 3)
-        msg.header.stamp = self.get_clock().now().to_msg()
-        msg.header.frame_id = self.frame_id
-        msg.data = array.array('B', rgb.tobytes())
-        self.pub.publish(msg)
+        header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.frame_id)
+        self.pub.publish(rgb_to_image_msg(self.episode.frame(i), header))
         if self.gt_pub is not None:
             self.gt_pub.publish(Float32(data=float(self.progress[i])))
 
