@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='predicted progress (percent) at or above which a frame counts as done')
     p.add_argument('--records', action='store_true',
                    help='also write the per-frame JSONL records of every episode')
+    p.add_argument('--stall-window-s', type=float, default=5.0,
+                   help='stall_window_s of the supervisor replayed on the predictions')
+    p.add_argument('--stall-min-delta', type=float, default=0.05,
+                   help='stall_min_delta of the supervisor replayed on the predictions')
     return p
 
 
@@ -77,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ProcVlmError, FileNotFoundError, ValueError) as e:
         print(f'procvlm-eval: {e}', file=sys.stderr)
         return 1
+    from procvlm_ros.core.supervision import SupervisionConfig
+    from procvlm_ros.evaluation.supervision import stall_report
+
+    # The node's stall logic on the predictions: issue 4's intervention targets.
+    report['supervision'] = stall_report(results, SupervisionConfig(
+        stall_window_s=args.stall_window_s, stall_min_delta=args.stall_min_delta))
     if plots is not None:
         for result in results:
             plot_episode(result, plots / f'{result.episode_id}.png',
@@ -89,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
           f'VOC (success) {report["voc_mean"]:.3f}  MAE {report["mae_mean"]:.3f}  '
           f'done F1 {report["done_f1"]:.3f}  MCC@95 {report["mcc95"]:.3f}  '
           f'negative steps {report["negative_step_rate_mean"]:.3f}  -> {report_path}')
+    sup = report['supervision']
+    if sup['stall_episodes'] or sup['steady_episodes']:
+        print(f'stall episodes flagged {sup["stall_detected_rate"]}, steady episodes without '
+              f'intervention {sup["steady_no_intervention_rate"]}')
     return 0
 
 
