@@ -8,7 +8,8 @@ setup(
     name=PACKAGE,
     version='0.1.0',
     packages=find_packages(exclude=['test', 'test.*']),
-    package_data={'procvlm_ros.core': ['templates/*.txt']},
+    package_data={'procvlm_ros.core': ['templates/*.txt'],
+                  'procvlm_ros.demo_model': ['checkpoint/*']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
         ('share/' + PACKAGE, ['package.xml']),
