@@ -37,7 +37,9 @@ BAG_NAME = 'bag'
 MANIFEST_NAME = 'manifest.json'
 BAG_TOPIC = '/image'
 FORMATS = ('mp4', 'bag')
-VIDEO_OPTIONS = {'crf': '18'}
+# mbtree off: with it, libx264 (PyAV 16.0.1 wheels) wrote a different stream for the same
+# frames on each run, which made the exported videos (and training data) irreproducible.
+VIDEO_OPTIONS = {'crf': '18', 'x264-params': 'mbtree=0'}
 # Bag header stamps start here (a plausible wall-clock time; zero stamps mean "unset" in ROS).
 STAMP_BASE_NS = 1_700_000_000 * 1_000_000_000
 
