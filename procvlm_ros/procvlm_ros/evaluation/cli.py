@@ -100,9 +100,17 @@ def main(argv: list[str] | None = None) -> int:
           f'done F1 {report["done_f1"]:.3f}  MCC@95 {report["mcc95"]:.3f}  '
           f'negative steps {report["negative_step_rate_mean"]:.3f}  -> {report_path}')
     sup = report['supervision']
-    if sup['stall_episodes'] or sup['steady_episodes']:
-        print(f'stall episodes flagged {sup["stall_detected_rate"]}, steady episodes without '
-              f'intervention {sup["steady_no_intervention_rate"]}')
+    if sup['stall_episodes']:
+        n = sup['stall_episodes']
+        delay = sup['stall_mean_delay_s']
+        print(f'stall episodes ({n}): flagged within the {args.stall_window_s:g} s window '
+              f'{round(sup["stall_in_window_rate"] * n)}/{n}, during the stall '
+              f'{round(sup["stall_detected_rate"] * n)}/{n}, mean delay '
+              f'{"-" if delay is None else f"{delay:.1f} s"}')
+    if sup['steady_episodes']:
+        n = sup['steady_episodes']
+        print(f'steady episodes ({n}): without intervention '
+              f'{round(sup["steady_no_intervention_rate"] * n)}/{n}')
     return 0
 
 

@@ -214,7 +214,10 @@ def evaluate(episodes_dir: str | Path, *, model: str = '', backend: str = 'trans
     if not folders:
         raise FileNotFoundError(f'no episode directories (with ground_truth.json) in '
                                 f'{episodes_dir}')
-    options = {'device': 'cpu', 'dtype': 'fp32', **(backend_options or {})}
+    # Answers of the trained format are < 100 tokens; the cap keeps a broken model from
+    # generating the official 4096 tokens per window.
+    options = {'device': 'cpu', 'dtype': 'fp32', 'max_new_tokens': 256,
+               **(backend_options or {})}
     runner = create_backend(BackendConfig(backend=backend, model=model, **options))
     results = []
     with runner:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from procvlm_ros.core import metrics
 from procvlm_ros.core.supervision import EpisodeSupervisor, Reason, SupervisionConfig
 from procvlm_ros.core.types import ProgressEstimate, Status
@@ -37,7 +39,10 @@ def supervise(times_s: Sequence[float], values: Sequence[float],
 def stall_report(results: Sequence[Any], config: SupervisionConfig) -> dict[str, Any]:
     """
     Stall episodes: share whose stall raised an intervention while it lasted (within the stall
-    window after it ended at the latest). Steady (success) episodes: share without any.
+    window after it ended at the latest), and the stricter share flagged *within the configured
+    window* of the stall's start (delay <= ``stall_window_s`` plus one frame period: the
+    supervisor only looks when an estimate arrives). Steady (success) episodes: share without
+    any intervention.
     """
     grace = config.stall_window_s
     stall_rows, steady_rows = [], []
@@ -45,19 +50,25 @@ def stall_report(results: Sequence[Any], config: SupervisionConfig) -> dict[str,
         flags, alarms = supervise(r.times, r.pred, config)
         intervals = [(iv['start_s'], iv['end_s']) for iv in r.stall_intervals]
         detection = metrics.stall_detection(intervals, flags, grace_s=grace)
+        period = float(np.median(np.diff(r.times))) if len(r.times) > 1 else 0.0
+        limit = config.stall_window_s + period
         row = {'episode_id': r.episode_id, 'kind': r.kind, 'alarms_s': alarms,
-               **detection.to_dict()}
+               **detection.to_dict(),
+               'in_window': bool(detection.delays) and all(
+                   d is not None and d <= limit + 1e-9 for d in detection.delays)}
         if r.kind == 'stall':
             stall_rows.append(row)
         elif r.kind == 'success':
             steady_rows.append(row)
     detected = sum(row['missed'] == 0 and row['detected'] > 0 for row in stall_rows)
+    in_window = sum(row['in_window'] for row in stall_rows)
     quiet = sum(not row['alarms_s'] for row in steady_rows)
     return {
         'config': {'stall_window_s': config.stall_window_s,
                    'stall_min_delta': config.stall_min_delta, 'grace_s': grace},
         'stall_episodes': len(stall_rows),
         'stall_detected_rate': detected / len(stall_rows) if stall_rows else None,
+        'stall_in_window_rate': in_window / len(stall_rows) if stall_rows else None,
         'stall_mean_delay_s': metrics.mean_over_episodes(
             row['mean_delay_s'] for row in stall_rows),
         'steady_episodes': len(steady_rows),

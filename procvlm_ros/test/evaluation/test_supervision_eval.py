@@ -32,7 +32,20 @@ def test_report_counts_detections_and_quiet_steady_episodes():
     report = stall_report([episode('success', ramp), episode('stall', stalled, stalls=[(5, 12.5)]),
                            episode('stall', missed, stalls=[(5, 12.5)])], CFG)
     assert report['stall_episodes'] == 2 and report['stall_detected_rate'] == 0.5
+    assert report['stall_in_window_rate'] == 0.5  # 2.5 s after the start, window 3 s
     assert report['steady_no_intervention_rate'] == 1.0
     # Last rise of >= 0.05 at 4.0 s (the ramp climbs 0.044 per frame); alarm once more than 3 s
     # passed, at 7.5 s; the ground-truth stall starts at 5 s.
     assert report['stall_mean_delay_s'] == pytest.approx(2.5)
+
+
+def test_late_detection_is_not_within_the_window():
+    # The estimate keeps rising (0.06 a frame) for 3.5 s into the ground-truth stall (a
+    # misread), so the alarm comes 3.5 s + the 3 s window + one frame after the stall started:
+    # during the stall, but not within the configured window.
+    creep = np.concatenate([np.linspace(0, 0.4, 10), np.linspace(0.46, 0.88, 8),
+                            np.full(12, 0.88), np.linspace(0.9, 1, 6)])
+    report = stall_report([episode('stall', creep, stalls=[(5, 14.5)])], CFG)
+    row = report['rows'][0]
+    assert row['alarms_s'] == [12.0] and row['delays_s'] == [7.0]
+    assert report['stall_detected_rate'] == 1.0 and report['stall_in_window_rate'] == 0.0
