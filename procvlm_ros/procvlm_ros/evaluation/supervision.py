@@ -20,9 +20,13 @@ from procvlm_ros.core.types import ProgressEstimate, Status
 NS = 1_000_000_000
 
 
-def supervise(times_s: Sequence[float], values: Sequence[float],
-              config: SupervisionConfig) -> tuple[list[tuple[float, bool]], list[float]]:
-    """Replay predictions through the supervisor; return (time, stalled) samples and alarms."""
+def supervise(times_s: Sequence[float], values: Sequence[float], config: SupervisionConfig,
+              *, reasons: Sequence[Reason] = (Reason.STALLED,),
+              ) -> tuple[list[tuple[float, bool]], list[float]]:
+    """
+    Replay predictions through the supervisor; return (time, stalled) samples and the times
+    of the interventions it raised for ``reasons``.
+    """
     supervisor = EpisodeSupervisor(config, stale_after_s=3600.0)
     supervisor.reset(0)
     flags, alarms = [], []
@@ -31,8 +35,7 @@ def supervise(times_s: Sequence[float], values: Sequence[float],
                                     parsed_percent=100.0 * float(v), progress_source='model')
         state = supervisor.update(estimate, int(round(t * NS)))
         flags.append((float(t), state.stalled))
-        alarms += [e.stamp_ns / NS for e in state.events
-                   if e.active and e.reason is Reason.STALLED]
+        alarms += [e.stamp_ns / NS for e in state.events if e.active and e.reason in reasons]
     return flags, alarms
 
 
@@ -42,17 +45,20 @@ def stall_report(results: Sequence[Any], config: SupervisionConfig) -> dict[str,
     window after it ended at the latest), and the stricter share flagged *within the configured
     window* of the stall's start (delay <= ``stall_window_s`` plus one frame period: the
     supervisor only looks when an estimate arrives). Steady (success) episodes: share without
-    any intervention.
+    any intervention (of any reason).
     """
     grace = config.stall_window_s
     stall_rows, steady_rows = [], []
     for r in results:
         flags, alarms = supervise(r.times, r.pred, config)
+        # A steady episode must raise no intervention at all (a regression one counts too).
+        _, any_alarm = supervise(r.times, r.pred, config, reasons=tuple(Reason))
         intervals = [(iv['start_s'], iv['end_s']) for iv in r.stall_intervals]
         detection = metrics.stall_detection(intervals, flags, grace_s=grace)
         period = float(np.median(np.diff(r.times))) if len(r.times) > 1 else 0.0
         limit = config.stall_window_s + period
         row = {'episode_id': r.episode_id, 'kind': r.kind, 'alarms_s': alarms,
+               'interventions_s': any_alarm,
                **detection.to_dict(),
                'in_window': bool(detection.delays) and all(
                    d is not None and d <= limit + 1e-9 for d in detection.delays)}
@@ -62,7 +68,7 @@ def stall_report(results: Sequence[Any], config: SupervisionConfig) -> dict[str,
             steady_rows.append(row)
     detected = sum(row['missed'] == 0 and row['detected'] > 0 for row in stall_rows)
     in_window = sum(row['in_window'] for row in stall_rows)
-    quiet = sum(not row['alarms_s'] for row in steady_rows)
+    quiet = sum(not row['interventions_s'] for row in steady_rows)
     return {
         'config': {'stall_window_s': config.stall_window_s,
                    'stall_min_delta': config.stall_min_delta, 'grace_s': grace},
