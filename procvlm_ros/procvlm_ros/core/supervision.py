@@ -12,6 +12,7 @@ flickering value cannot spam a supervisor. Done needs ``done_consecutive`` estim
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 import enum
 import math
@@ -50,6 +51,9 @@ class SupervisionConfig:
     regression_threshold: float = field(default=0.2, metadata=param(
         'Drop below the episode peak (fraction) that counts as a regression; 1 disables.',
         lo=0.0, hi=1.0))
+    regression_consecutive: int = field(default=2, metadata=param(
+        'Consecutive estimates that far below the peak needed for a regression intervention '
+        '(1: the first one; 2 ignores a single misread frame).', lo=1, hi=1000))
     done_threshold: float = field(default=0.95, metadata=param(
         'Progress at or above this counts toward done.', lo=0.0, hi=1.0))
     done_consecutive: int = field(default=2, metadata=param(
@@ -119,6 +123,8 @@ class EpisodeSupervisor:
         self._done_streak: list[int] = []
         self._active: dict[Reason, float] = {}  # reason -> value when raised
         self._errors = 0
+        self._below_peak = 0  # consecutive estimates more than regression_threshold below
+        self._recent: deque[float] = deque(maxlen=self.config.regression_consecutive)
         self._last_frame_ns: int | None = None
         self._remaining: tuple[str, ...] = ()
 
@@ -201,11 +207,17 @@ class EpisodeSupervisor:
 
     def _update_regression(self, now_ns: int, events: list[InterventionEvent]) -> None:
         threshold = self.config.regression_threshold
-        self._peak = self._value if math.isnan(self._peak) else max(self._peak, self._value)
+        # The peak only counts values held for regression_consecutive estimates, so a single
+        # misread high frame cannot make the estimates after it look like a regression.
+        self._recent.append(self._value)
+        held = min(self._recent)
+        if len(self._recent) == self._recent.maxlen or math.isnan(self._peak):
+            self._peak = held if math.isnan(self._peak) else max(self._peak, held)
         if threshold >= 1.0 or self._done:
             return
         drop = self._peak - self._value
-        if drop > threshold:
+        self._below_peak = self._below_peak + 1 if drop > threshold else 0
+        if self._below_peak >= self.config.regression_consecutive:
             self._raise(Reason.REGRESSED, now_ns, events,
                         f'progress fell {drop:.0%} below its peak {self._peak:.0%}')
         elif drop <= threshold / 2:

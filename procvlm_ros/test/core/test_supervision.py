@@ -67,11 +67,23 @@ def test_stall_detected_by_tick_without_estimates():
 
 def test_regression_once_with_hysteresis():
     sup = EpisodeSupervisor(cfg(stall_window_s=100))
-    _, events = run(sup, [10, 30, 50, 25, 20, 28, 35, 45, 50])
+    states, events = run(sup, [10, 30, 50, 50, 25, 20, 28, 35, 45, 50])
     assert [(e.reason, e.active) for e in events] == [(Reason.REGRESSED, True),
                                                       (Reason.REGRESSED, False)]
+    assert [s.regressed for s in states].index(True) == 5  # second estimate below 30 %
     assert 'below its peak 50%' in events[0].message
     assert events[1].value == pytest.approx(0.45)  # within threshold/2 of the peak
+
+
+def test_one_misread_frame_is_not_a_regression():
+    # A single low frame, and a single high frame followed by the true values: neither raises
+    # (regression_consecutive 2); with 1 the low frame alone does.
+    values = [10, 30, 50, 50, 20, 52, 55, 90, 56, 57, 58]
+    _, events = run(EpisodeSupervisor(cfg(stall_window_s=100)), values)
+    assert events == []
+    _, events = run(EpisodeSupervisor(cfg(stall_window_s=100, regression_consecutive=1)),
+                    values)
+    assert [(e.reason, e.active) for e in events][0] == (Reason.REGRESSED, True)
 
 
 def test_done_latches_until_reset():
