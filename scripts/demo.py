@@ -171,6 +171,7 @@ def main() -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
+    from procvlm_ros import demo_model
     from procvlm_ros.synth.episode import DEFAULT_FPS, generate_episode
 
     episode = generate_episode(args.seed, args.index, args.kind)
@@ -190,8 +191,10 @@ def main() -> int:
         'model': model, 'task': episode.task.sentence, 'backend': 'transformers',
         'device': 'cpu', 'dtype': 'fp32', 'window_size': 8,
         'sample_period_s': 1.0 / DEFAULT_FPS * 0.9, 'max_new_tokens': 96,
-        'stall_window_s': 5.0, 'stall_min_delta': 0.05, 'done_threshold': 0.95,
-        'done_consecutive': 2, 'annotated_image_rate_hz': 2.0, 'stale_after_s': 10.0},
+        # The demo model's supervision settings (chosen on validation episodes).
+        'stall_window_s': demo_model.STALL_WINDOW_S,
+        'stall_min_delta': demo_model.STALL_MIN_DELTA,
+        'done_threshold': demo_model.DONE_THRESHOLD, 'done_consecutive': 2, 'annotated_image_rate_hz': 2.0, 'stale_after_s': 10.0},
         out, 'monitor', env)]
     try:
         print('Loading the model in the monitor ...', flush=True)

@@ -51,11 +51,16 @@ travelled, divided by the number of actions (never from time).
   loss: next-token cross-entropy on the answer tokens, the progress-number token weighted
   x{number_weight} and the tokens of the first remaining action (where the images decide which
   action is under way) x{action_weight};
-- CPU, {threads} threads (shared with other jobs): {train_min:.1f} min of training +
-  {data_min:.1f} min of data preparation; torch {torch};
+- two training-only auxiliaries, not in the checkpoint: a small head reading the scene state
+  (progress, action fraction, gripper position, holding) from each frame's visual tokens
+  (weight {state_weight}), without which the tiny model learned the text prior and ignored its
+  images, and {text_batch} text-only samples per step (the prompt without images answered with
+  the task's full action list, weight {text_weight}) that teach it to read the task sentence;
+- CPU, {threads} threads: {train_min:.1f} min of training + {data_min:.1f} min of data
+  preparation; torch {torch};
 - reproduce: `python -m procvlm_ros.demo_model.train --out DIR --seed {seed} --episodes
-  {episodes} --steps {steps}{eval_args}` (same seed, arguments and thread count give the same
-  weights).
+  {episodes} --steps {steps}{eval_args}`. Training is deterministic: the same seed, arguments,
+  thread count and library versions give byte-identical weights.
 """
 
 _EVAL = """
@@ -78,7 +83,7 @@ windows, reference backend (transformers, CPU, fp32), every frame of each episod
 | answers with a parsable progress tag | {parse_rate} |
 | remaining actions exactly right | {actions_exact_rate} |
 | scoring speed | {windows_per_s} windows/s |
-
+{stall_rows}
 | kind | episodes | VOC | MAE | negative-step rate |
 |---|---|---|---|---|
 {kinds}
@@ -106,6 +111,26 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _stall_rows(sup: dict[str, Any] | None) -> str:
+    """The node's stall logic replayed on the predictions (procvlm-eval's ``supervision``)."""
+    if not sup:
+        return ''
+    cfg = sup['config']
+    rows = ''
+    if sup['stall_episodes']:
+        n = sup['stall_episodes']
+        rows += (f'| stall episodes flagged while the stall lasts | '
+                 f'{round(sup["stall_detected_rate"] * n)}/{n} |\n'
+                 f'| stall episodes flagged within the stall window ({cfg["stall_window_s"]:g} s '
+                 f'+ one frame, min rise {cfg["stall_min_delta"]:g}) | '
+                 f'{round(sup["stall_in_window_rate"] * n)}/{n} |\n')
+    if sup['steady_episodes']:
+        n = sup['steady_episodes']
+        rows += (f'| success episodes without any intervention | '
+                 f'{round(sup["steady_no_intervention_rate"] * n)}/{n} |\n')
+    return rows
+
+
 def data_card(summary: dict[str, Any], report: dict[str, Any] | None,
               eval_command: str = '') -> str:
     """Render the data card from the training summary and (optionally) an evaluation report."""
@@ -127,5 +152,6 @@ def data_card(summary: dict[str, Any], report: dict[str, Any] | None,
             episodes=report['episodes'], eval_seed=cfg['eval_seed'], windows=report['windows'],
             done_threshold=report['done_threshold_percent'],
             windows_per_s=_fmt(report['windows_per_s'], 2), kinds=kinds, command=eval_command,
+            stall_rows=_stall_rows(report.get('supervision')),
             **{k: _fmt(report[k]) for k in keys})
     return text + _TAIL

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from procvlm_ros import demo_model
 from procvlm_ros.demo_model import spec
 from procvlm_ros.demo_model.card import data_card
 from procvlm_ros.demo_model.dataset import (
@@ -55,7 +56,7 @@ class TrainConfig:
     seed: int = 0
     data_seed: int = TRAIN_DATA_SEED
     episodes: int = 480
-    steps: int = 2500
+    steps: int = 1500
     batch_episodes: int = 8
     run_length: int = 4
     lr: float = 1e-3
@@ -94,8 +95,8 @@ def forward_shared(model: Any, batch: Batch, positions: Any = None,
     vision = core.get_image_features(batch.pixel_values, batch.unique_grid, return_dict=True)
     per_frame = vision.pooler_output[0].shape[0]
     rows = (batch.occurrence[:, None] * per_frame + _arange(per_frame)[None, :]).reshape(-1)
-    image_embeds = _cat(vision.pooler_output)[rows]
-    deepstack = [features[rows] for features in vision.deepstack_features]
+    image_embeds = _cat(vision.pooler_output).index_select(0, rows)
+    deepstack = [features.index_select(0, rows) for features in vision.deepstack_features]
     embeds = core.get_input_embeddings()(batch.input_ids)
     image_mask = batch.input_ids == model.config.image_token_id
     embeds = embeds.masked_scatter(image_mask[..., None].expand_as(embeds),
@@ -305,12 +306,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     frames = sum(d.num_frames for d in data)
     # Held-out windows for free-running validation: same data seed, episode numbers far beyond
     # the training ones.
-    val_eps = [generate_episode(cfg.data_seed, VAL_INDEX + i, kind, task)
-               for i, (kind, task) in enumerate(episode_plan(8))]
-    val_data = [build_episode(processor, ep) for ep in val_eps]
-    val_items = [(e, int(i)) for e, d in enumerate(val_data)
-                 for i in rng.choice(d.num_frames, size=max(1, cfg.val_windows // 8),
-                                     replace=False)]
+    val_data: list[EpisodeWindows] = []
+    val_items: list[tuple[int, int]] = []
+    if cfg.val_windows > 0:
+        val_eps = [generate_episode(cfg.data_seed, VAL_INDEX + i, kind, task)
+                   for i, (kind, task) in enumerate(episode_plan(8))]
+        val_data = [build_episode(processor, ep) for ep in val_eps]
+        val_items = [(e, int(i)) for e, d in enumerate(val_data)
+                     for i in rng.choice(d.num_frames, size=max(1, cfg.val_windows // 8),
+                                         replace=False)]
     t_data = time.perf_counter() - t0
     _LOG.info('%d windows prepared in %.0f s', frames, t_data)
 
@@ -346,7 +350,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             aux = text_loss(model, [texts[int(i)] for i in pick])
             stats['text_loss'] = float(aux.detach())
             loss = loss + cfg.text_weight * aux
-        if cfg.val_every and step > 0 and (step % cfg.val_every == 0):
+        if val_items and cfg.val_every and step > 0 and (step % cfg.val_every == 0):
             stats.update(validate(model, val_data, val_items, tokenizer))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -363,7 +367,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             history.append({'step': step, **{k: round(v, 4) for k, v in smooth.items()}})
             _LOG.debug('step %d %s', step, smooth)
     t_train = time.perf_counter() - t0 - t_data
-    final_val = validate(model, val_data, val_items, tokenizer)
+    final_val = validate(model, val_data, val_items, tokenizer) if val_items else {}
     _LOG.info('final validation %s', {k: round(v, 3) for k, v in final_val.items()})
     model.eval()
     summary = {
@@ -406,7 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     report = evaluate_checkpoint(cfg) if cfg.eval_episodes > 0 else None
     command = (f'procvlm-synth --out HELDOUT --episodes {cfg.eval_episodes} --seed '
                f'{cfg.eval_seed} && procvlm-eval --episodes HELDOUT --model {cfg.out} '
-               '--report report.json') if report else ''
+               f'--report report.json --done-threshold {100 * demo_model.DONE_THRESHOLD:g} '
+               f'--stall-window-s {demo_model.STALL_WINDOW_S:g} '
+               f'--stall-min-delta {demo_model.STALL_MIN_DELTA:g}') if report else ''
     (Path(cfg.out) / 'DATA_CARD.md').write_text(data_card(summary, report, command),
                                                 encoding='utf-8')
     return 0
@@ -416,13 +422,18 @@ def evaluate_checkpoint(cfg: TrainConfig) -> dict[str, Any]:
     """Score held-out episodes (data seed ``eval_seed``); keep the summary beside the weights."""
     import tempfile
 
+    from procvlm_ros.core.supervision import SupervisionConfig
     from procvlm_ros.evaluation.report import evaluate
+    from procvlm_ros.evaluation.supervision import stall_report
     from procvlm_ros.synth.export import write_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         episodes = Path(tmp) / 'heldout'
         write_dataset(episodes, cfg.eval_episodes, cfg.eval_seed)
-        report, _ = evaluate(episodes, model=cfg.out)
+        report, results = evaluate(episodes, model=cfg.out,
+                                   done_threshold=100 * demo_model.DONE_THRESHOLD)
+    report['supervision'] = stall_report(results, SupervisionConfig(
+        stall_window_s=demo_model.STALL_WINDOW_S, stall_min_delta=demo_model.STALL_MIN_DELTA))
     slim = {k: v for k, v in report.items() if k != 'rows'}
     slim['rows'] = [{k: v for k, v in row.items() if k != 'curve'} for row in report['rows']]
     (Path(cfg.out) / 'eval_summary.json').write_text(json.dumps(slim, indent=1),
