@@ -20,23 +20,22 @@ from procvlm_ros.core.types import ProgressEstimate, Status
 NS = 1_000_000_000
 
 
-def supervise(times_s: Sequence[float], values: Sequence[float], config: SupervisionConfig,
-              *, reasons: Sequence[Reason] = (Reason.STALLED,),
-              ) -> tuple[list[tuple[float, bool]], list[float]]:
+def replay(times_s: Sequence[float], values: Sequence[float], config: SupervisionConfig,
+           ) -> tuple[list[tuple[float, bool]], list[tuple[float, Reason]]]:
     """
-    Replay predictions through the supervisor; return (time, stalled) samples and the times
-    of the interventions it raised for ``reasons``.
+    Replay predictions through the supervisor; return (time, stalled) samples and the
+    (time, reason) of every intervention it raised.
     """
     supervisor = EpisodeSupervisor(config, stale_after_s=3600.0)
     supervisor.reset(0)
-    flags, alarms = [], []
+    flags, raised = [], []
     for t, v in zip(times_s, values):
         estimate = ProgressEstimate(status=Status.OK, percent=100.0 * float(v),
                                     parsed_percent=100.0 * float(v), progress_source='model')
         state = supervisor.update(estimate, int(round(t * NS)))
         flags.append((float(t), state.stalled))
-        alarms += [e.stamp_ns / NS for e in state.events if e.active and e.reason in reasons]
-    return flags, alarms
+        raised += [(e.stamp_ns / NS, e.reason) for e in state.events if e.active]
+    return flags, raised
 
 
 def stall_report(results: Sequence[Any], config: SupervisionConfig) -> dict[str, Any]:
@@ -50,9 +49,10 @@ def stall_report(results: Sequence[Any], config: SupervisionConfig) -> dict[str,
     grace = config.stall_window_s
     stall_rows, steady_rows = [], []
     for r in results:
-        flags, alarms = supervise(r.times, r.pred, config)
+        flags, raised = replay(r.times, r.pred, config)
+        alarms = [t for t, reason in raised if reason is Reason.STALLED]
         # A steady episode must raise no intervention at all (a regression one counts too).
-        _, any_alarm = supervise(r.times, r.pred, config, reasons=tuple(Reason))
+        any_alarm = [t for t, _ in raised]
         intervals = [(iv['start_s'], iv['end_s']) for iv in r.stall_intervals]
         detection = metrics.stall_detection(intervals, flags, grace_s=grace)
         period = float(np.median(np.diff(r.times))) if len(r.times) > 1 else 0.0

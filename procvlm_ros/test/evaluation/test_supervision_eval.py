@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from procvlm_ros.core.supervision import SupervisionConfig
-from procvlm_ros.evaluation.supervision import stall_report, supervise
+from procvlm_ros.core.supervision import Reason, SupervisionConfig
+from procvlm_ros.evaluation.supervision import replay, stall_report
 
 
 def episode(kind, pred, fps=2.0, stalls=()):
@@ -19,8 +19,9 @@ CFG = SupervisionConfig(stall_window_s=3.0, stall_min_delta=0.05)
 
 
 def test_plateau_raises_one_alarm_after_the_window():
-    flags, alarms = supervise([0, 1, 2, 3, 4, 5, 6], [0.1, 0.2, 0.2, 0.2, 0.2, 0.2, 0.5], CFG)
-    assert alarms == [5.0]  # last rise at 1 s, window 3 s -> stalled once more than 3 s passed
+    flags, raised = replay([0, 1, 2, 3, 4, 5, 6], [0.1, 0.2, 0.2, 0.2, 0.2, 0.2, 0.5], CFG)
+    # last rise at 1 s, window 3 s -> stalled once more than 3 s passed
+    assert raised == [(5.0, Reason.STALLED)]
     assert [f for _, f in flags] == [False] * 5 + [True, False]
 
 
