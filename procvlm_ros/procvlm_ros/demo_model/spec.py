@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from procvlm_ros.testing.tiny_model import _processor_files, CHAT_TEMPLATE
+from procvlm_ros.testing.tiny_model import _processor_files, CHAT_TEMPLATE, rope_config
 
 SPECIAL_TOKENS = ('<|endoftext|>', '<|im_start|>', '<|im_end|>', '<|vision_start|>',
                   '<|vision_end|>', '<|image_pad|>', '<|video_pad|>')
@@ -45,15 +45,8 @@ VISION_SIZES: dict[str, Any] = {
 
 def model_config_dict(vocab_size: int = VOCAB_SIZE) -> dict[str, Any]:
     """Keyword arguments of the demo ``Qwen3VLConfig`` (transformers 4.57 and 5.x)."""
-    import transformers
-
     text = dict(TEXT_SIZES, vocab_size=vocab_size, pad_token_id=PAD_ID, eos_token_id=IM_END_ID,
-                bos_token_id=PAD_ID)
-    if int(transformers.__version__.split('.')[0]) >= 5:
-        text['rope_parameters'] = {'rope_type': 'default', 'rope_theta': ROPE_THETA, **MROPE}
-    else:
-        text['rope_theta'] = ROPE_THETA
-        text['rope_scaling'] = {'rope_type': 'default', **MROPE}
+                bos_token_id=PAD_ID, **rope_config(ROPE_THETA, MROPE))
     return {
         'text_config': text, 'vision_config': dict(VISION_SIZES),
         'image_token_id': IMAGE_ID, 'video_token_id': VIDEO_ID,

@@ -76,18 +76,20 @@ def _transformers_major() -> int:
     return int(transformers.__version__.split('.')[0])
 
 
-def tiny_config_dict() -> dict[str, Any]:
+def rope_config(theta: float, mrope: dict[str, Any]) -> dict[str, Any]:
     """
-    Return the keyword arguments of the tiny ``Qwen3VLConfig`` for the installed transformers.
+    The text-config RoPE keys for the installed transformers.
 
     transformers 5.x takes ``rope_parameters``; 4.57 takes ``rope_theta`` and ``rope_scaling``.
     """
-    text = dict(TEXT_SIZES)
     if _transformers_major() >= 5:
-        text['rope_parameters'] = {'rope_type': 'default', 'rope_theta': ROPE_THETA, **MROPE}
-    else:
-        text['rope_theta'] = ROPE_THETA
-        text['rope_scaling'] = {'rope_type': 'default', **MROPE}
+        return {'rope_parameters': {'rope_type': 'default', 'rope_theta': theta, **mrope}}
+    return {'rope_theta': theta, 'rope_scaling': {'rope_type': 'default', **mrope}}
+
+
+def tiny_config_dict() -> dict[str, Any]:
+    """The keyword arguments of the tiny ``Qwen3VLConfig`` for the installed transformers."""
+    text = dict(TEXT_SIZES, **rope_config(ROPE_THETA, MROPE))
     return {
         'text_config': text, 'vision_config': dict(VISION_SIZES),
         'image_token_id': 151655, 'video_token_id': 151656,
