@@ -17,7 +17,7 @@ Results are reproducible for the same seed, arguments and thread count.
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 import json
 import logging
 import math
@@ -382,17 +382,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = TrainConfig(out='')
     p = argparse.ArgumentParser(prog='python -m procvlm_ros.demo_model.train',
                                 description=__doc__.split('\n\n')[0])
     p.add_argument('--out', required=True, help='checkpoint directory to write')
-    for name in ('seed', 'data_seed', 'episodes', 'steps', 'batch_episodes', 'run_length',
-                 'warmup', 'threads', 'eval_episodes', 'eval_seed', 'val_every', 'val_windows',
-                 'text_batch'):
-        p.add_argument('--' + name.replace('_', '-'), type=int, default=getattr(d, name))
-    for name in ('lr', 'min_lr_ratio', 'weight_decay', 'number_weight', 'action_weight',
-                 'state_weight', 'text_weight', 'mp4_fraction'):
-        p.add_argument('--' + name.replace('_', '-'), type=float, default=getattr(d, name))
+    # Every other TrainConfig field is an option with its default (annotations are strings).
+    kinds = {'int': int, 'float': float}
+    for f in fields(TrainConfig):
+        if f.name != 'out':
+            p.add_argument('--' + f.name.replace('_', '-'), type=kinds[str(f.type)],
+                           default=f.default)
     return p
 
 

@@ -136,3 +136,14 @@ def test_training_is_reproducible_with_a_seed(tmp_path):
     first, again, other = weights('a', 0), weights('b', 0), weights('c', 1)
     assert first == again
     assert first != other
+
+
+def test_command_line_covers_every_training_option():
+    from procvlm_ros.demo_model.train import build_parser
+
+    parser = build_parser()
+    assert TrainConfig(**vars(parser.parse_args(['--out', 'x']))) == TrainConfig(out='x')
+    args = parser.parse_args(['--out', 'x', '--steps', '3', '--mp4-fraction', '0.25'])
+    assert args.steps == 3 and args.mp4_fraction == 0.25
+    with pytest.raises(SystemExit):
+        parser.parse_args(['--out', 'x', '--steps', '1.5'])  # integer options stay integers
