@@ -19,12 +19,12 @@ import sys
 import time
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float32, Header, String
 
+from procvlm_ros.ros.standalone import run_blocking_node
 from procvlm_ros.ros.views import rgb_to_image_msg
 from procvlm_ros.synth.episode import DEFAULT_FPS, EPISODE_KINDS, generate_episode
 from procvlm_ros.synth.scene import TASK_KINDS
@@ -89,18 +89,7 @@ class SyntheticCamera(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = None
-    try:
-        node = SyntheticCamera()
-        node.run()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_blocking_node(SyntheticCamera, args)
 
 
 if __name__ == '__main__':

@@ -11,13 +11,13 @@ import sys
 import time
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from procvlm_ros.media.video import probe_video, read_video_frames
+from procvlm_ros.ros.standalone import run_blocking_node
 from procvlm_ros.ros.views import rgb_to_image_msg
 
 
@@ -49,18 +49,7 @@ class VideoCamera(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = None
-    try:
-        node = VideoCamera()
-        node.run()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_blocking_node(VideoCamera, args)
 
 
 if __name__ == '__main__':
