@@ -422,16 +422,16 @@ def evaluate_checkpoint(cfg: TrainConfig) -> dict[str, Any]:
 
     from procvlm_ros.core.supervision import SupervisionConfig
     from procvlm_ros.evaluation.report import evaluate
-    from procvlm_ros.evaluation.supervision import stall_report
     from procvlm_ros.synth.export import write_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         episodes = Path(tmp) / 'heldout'
         write_dataset(episodes, cfg.eval_episodes, cfg.eval_seed)
-        report, results = evaluate(episodes, model=cfg.out,
-                                   done_threshold=100 * demo_model.DONE_THRESHOLD)
-    report['supervision'] = stall_report(results, SupervisionConfig(
-        stall_window_s=demo_model.STALL_WINDOW_S, stall_min_delta=demo_model.STALL_MIN_DELTA))
+        report, _ = evaluate(episodes, model=cfg.out,
+                             done_threshold=100 * demo_model.DONE_THRESHOLD,
+                             supervision=SupervisionConfig(
+                                 stall_window_s=demo_model.STALL_WINDOW_S,
+                                 stall_min_delta=demo_model.STALL_MIN_DELTA))
     slim = {k: v for k, v in report.items() if k != 'rows'}
     slim['rows'] = [{k: v for k, v in row.items() if k != 'curve'} for row in report['rows']]
     (Path(cfg.out) / 'eval_summary.json').write_text(json.dumps(slim, indent=1),

@@ -62,6 +62,7 @@ def _finite(value: Any) -> Any:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    from procvlm_ros.core.supervision import SupervisionConfig
     from procvlm_ros.evaluation.plots import plot_episode, plot_summary
     from procvlm_ros.evaluation.report import evaluate
 
@@ -77,16 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         report, results = evaluate(args.episodes, model=args.model, backend=args.backend,
                                    prefer=args.input, max_episodes=args.max_episodes,
                                    done_threshold=args.done_threshold, records_dir=records,
-                                   backend_options=options)
+                                   backend_options=options,
+                                   # The node's stall logic on the predictions.
+                                   supervision=SupervisionConfig(
+                                       stall_window_s=args.stall_window_s,
+                                       stall_min_delta=args.stall_min_delta))
     except (ProcVlmError, FileNotFoundError, ValueError) as e:
         print(f'procvlm-eval: {e}', file=sys.stderr)
         return 1
-    from procvlm_ros.core.supervision import SupervisionConfig
-    from procvlm_ros.evaluation.supervision import stall_report
-
-    # The node's stall logic on the predictions: issue 4's intervention targets.
-    report['supervision'] = stall_report(results, SupervisionConfig(
-        stall_window_s=args.stall_window_s, stall_min_delta=args.stall_min_delta))
     if plots is not None:
         for result in results:
             plot_episode(result, plots / f'{result.episode_id}.png',

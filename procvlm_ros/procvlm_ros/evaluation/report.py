@@ -25,6 +25,8 @@ from procvlm_ros.core import metrics
 from procvlm_ros.core.backends import create_backend
 from procvlm_ros.core.backends.base import Backend, GenerationRequest, GenerationResult
 from procvlm_ros.core.config import BackendConfig
+from procvlm_ros.core.supervision import SupervisionConfig
+from procvlm_ros.evaluation.supervision import stall_report
 from procvlm_ros.synth.export import BAG_NAME, list_episode_dirs, load_ground_truth, VIDEO_NAME
 
 _LOG = logging.getLogger(__name__)
@@ -200,11 +202,14 @@ def evaluate(episodes_dir: str | Path, *, model: str = '', backend: str = 'trans
              prefer: str = 'mp4', max_episodes: int | None = None,
              done_threshold: float = DONE_THRESHOLD, records_dir: Path | None = None,
              backend_options: dict[str, Any] | None = None,
+             supervision: SupervisionConfig | None = None,
              show_progress: bool = True) -> tuple[dict[str, Any], list[EpisodeResult]]:
     """
     Score every episode under ``episodes_dir``; return ``(report, results)``.
 
     :param backend_options: Further ``BackendConfig`` fields (``device``, ``dtype``, ...).
+    :param supervision: Also replay the node's supervisor on the predictions with these
+        settings (``report['supervision']``: stall and steady-episode figures).
     """
     from tqdm import tqdm
 
@@ -228,6 +233,8 @@ def evaluate(episodes_dir: str | Path, *, model: str = '', backend: str = 'trans
             _LOG.info('%s %-8s voc %.3f mae %.3f', result.episode_id, result.kind,
                       metrics.voc(result.pred, result.gt), metrics.mae(result.pred, result.gt))
     report = summarise(results, done_threshold)
+    if supervision is not None:
+        report['supervision'] = stall_report(results, supervision)
     report.update({'version': REPORT_VERSION, 'episodes_dir': str(Path(episodes_dir).resolve()),
                    'model': model, 'backend': backend, 'input': prefer,
                    'backend_options': options})

@@ -61,3 +61,13 @@ def test_a_regression_alarm_makes_a_steady_episode_noisy():
     row = report['rows'][0]
     assert row['alarms_s'] == [] and row['interventions_s'] == [8.0]
     assert report['steady_no_intervention_rate'] == 0.0
+
+
+def test_cli_refuses_a_bad_stall_window_before_scoring(tmp_path, capsys):
+    from procvlm_ros.evaluation import cli
+
+    code = cli.main(['--episodes', str(tmp_path), '--model', str(tmp_path / 'none'),
+                     '--report', str(tmp_path / 'r.json'), '--stall-window-s', '-1'])
+    assert code == 1
+    assert 'stall_window_s must be >= 0.1' in capsys.readouterr().err
+    assert not (tmp_path / 'r.json').exists()
