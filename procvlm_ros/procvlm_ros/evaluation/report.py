@@ -40,16 +40,17 @@ class _KeepLoaded(Backend):
     """Delegates to a backend but ignores close(), so one load serves every episode."""
 
     def __init__(self, inner: Backend) -> None:
+        super().__init__()
         self.inner = inner
         self.name = inner.name  # type: ignore[misc]
 
-    def load(self) -> None:
+    def _load(self) -> None:
         self.inner.load()
 
-    def generate(self, request: GenerationRequest) -> GenerationResult:
+    def _generate(self, request: GenerationRequest) -> GenerationResult:
         return self.inner.generate(request)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         """Keep the model; the owner closes ``inner``."""
 
 

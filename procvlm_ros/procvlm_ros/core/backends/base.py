@@ -1,13 +1,24 @@
-"""The interface every inference backend implements (transformers, ONNX Runtime, TensorRT)."""
+"""
+The interface every inference backend implements (transformers, ONNX Runtime, TensorRT).
+
+The base class owns what every backend needs the same way (Polygraphy's runner pattern): one
+lock, so ``close()`` never pulls a model from under a running ``generate()``; the loaded check;
+the wall time of each call; and wrapping of unexpected runtime exceptions into
+:class:`BackendError` with context. Subclasses implement ``_load``, ``_generate`` and ``_close``.
+"""
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+import threading
+import time
 from typing import Any, ClassVar, TypeVar
 
 from PIL import Image
+
+from procvlm_ros.core.errors import BackendError, ProcVlmError
 
 _B = TypeVar('_B', bound='Backend')
 
@@ -22,11 +33,14 @@ class GenerationRequest:
     :param task: Task sentence substituted into the prompt template.
     :param frame_keys: Optional stable identity per image (e.g. ``(episode, seq)``), so a backend
         may cache per-frame vision features across overlapping windows.
+    :param draft_token_ids: Token ids of an earlier answer (the previous window's) that a
+        backend may verify as a speculative draft; the output must not depend on it.
     """
 
     images: Sequence[Image.Image]
     task: str
     frame_keys: Sequence[Any] | None = None
+    draft_token_ids: Sequence[int] | None = None
 
 
 @dataclass
@@ -36,17 +50,29 @@ class GenerationResult:
     text: str
     generated_tokens: int
     prompt_tokens: int
-    latency_s: float
+    latency_s: float = 0.0  # filled by Backend.generate()
     # Value-head percentage (sigmoid(z) * 100, calibration applied) when the head ran, else None.
     value_head_percent: float | None = None
     token_ids: list[int] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    # Sequential decoder passes after the prefill, and draft tokens the model accepted.
+    decoder_passes: int = 0
+    draft_tokens_accepted: int = 0
 
 
 class Backend(abc.ABC):
-    """A loaded model that turns a window of images plus a task into text."""
+    """
+    A model that turns a window of images plus a task into text.
+
+    Use as a context manager (``with create_backend(cfg) as backend: ...``) or call ``load()``
+    and ``close()``; ``close()`` is idempotent and waits for a running ``generate()``.
+    """
 
     name: ClassVar[str]
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._loaded = False
 
     def __enter__(self: _B) -> _B:
         self.load()
@@ -55,14 +81,51 @@ class Backend(abc.ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @abc.abstractmethod
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
     def load(self) -> None:
         """Import the runtime, read weights or engines; BackendUnavailableError on failure."""
+        with self._lock:
+            if self._loaded:
+                return
+            self._load()
+            self._loaded = True
 
-    @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> GenerationResult:
-        """Run one query; raise BackendError on failure."""
+        """Run one query; raise BackendError (with context) on any failure."""
+        with self._lock:
+            if not self._loaded:
+                raise BackendError(f'{type(self).__name__} is not loaded: call load() first')
+            start = time.perf_counter()
+            try:
+                result = self._generate(request)
+            except ProcVlmError:
+                raise
+            except Exception as e:  # runtime errors carry their own detail
+                raise BackendError(
+                    f'{self.name} inference failed on {len(request.images)} images: '
+                    f'{type(e).__name__}: {e}') from e
+            result.latency_s = time.perf_counter() - start
+            return result
 
-    @abc.abstractmethod
     def close(self) -> None:
         """Release memory and runtime objects; idempotent."""
+        with self._lock:
+            if not self._loaded:
+                return
+            self._loaded = False
+            self._close()
+
+    @abc.abstractmethod
+    def _load(self) -> None:
+        """Load; raise BackendUnavailableError with a clear message on failure."""
+
+    @abc.abstractmethod
+    def _generate(self, request: GenerationRequest) -> GenerationResult:
+        """Run one query (called with the lock held, only while loaded)."""
+
+    @abc.abstractmethod
+    def _close(self) -> None:
+        """Release what ``_load`` acquired (called with the lock held, only while loaded)."""

@@ -21,7 +21,6 @@ import abc
 from collections.abc import Sequence
 import logging
 from pathlib import Path
-import threading
 import time
 from typing import Any, ClassVar
 
@@ -37,7 +36,7 @@ from procvlm_ros.core.backends.greedy import GreedySettings, penalised_argmax
 from procvlm_ros.core.backends.manifest import ExportManifest
 from procvlm_ros.core.backends.vision_cache import VisionCache
 from procvlm_ros.core.config import BackendConfig
-from procvlm_ros.core.errors import BackendError, BackendUnavailableError, ProcVlmError
+from procvlm_ros.core.errors import BackendError, BackendUnavailableError
 from procvlm_ros.core.prompt import build_messages, build_prompt
 
 _LOG = logging.getLogger(__name__)
@@ -54,8 +53,8 @@ class ExportedBackend(Backend):
     name: ClassVar[str] = 'exported'
 
     def __init__(self, config: BackendConfig) -> None:
+        super().__init__()
         self._cfg = config
-        self._lock = threading.Lock()
         self._s: LoadedExport | None = None
         self._stats_cache = VisionCache(0, 0)  # statistics survive close()
         self._phases: dict[tuple[int, int], tuple[Any, ...]] = {}
@@ -77,10 +76,8 @@ class ExportedBackend(Backend):
                 '(procvlm-export onnx --model CHECKPOINT --out DIR)')
         return Path(folder).expanduser()
 
-    def load(self) -> None:
+    def _load(self) -> None:
         """Read the manifest, the graphs or engines and the tokenizer; allocate every buffer."""
-        if self._s is not None:
-            return
         cfg = self._cfg
         if cfg.enable_value_head:
             raise BackendUnavailableError(
@@ -110,14 +107,13 @@ class ExportedBackend(Backend):
         self._stats_cache = cache
         _LOG.debug('%s loaded export %s (%s)', self.name, manifest.export_id, manifest.folder)
 
-    def close(self) -> None:
-        """Release the runtime, buffers and cached frames; idempotent."""
-        with self._lock:
-            if self._s is not None:
-                self._s.runtime.close()
-                self._s.cache.clear()
-            self._s = None
-            self._phases.clear()
+    def _close(self) -> None:
+        """Release the runtime, buffers and cached frames."""
+        if self._s is not None:
+            self._s.runtime.close()
+            self._s.cache.clear()
+        self._s = None
+        self._phases.clear()
 
     def clear_cache(self) -> None:
         """Forget every cached frame (statistics are kept)."""
@@ -133,21 +129,9 @@ class ExportedBackend(Backend):
         return self._s.manifest if self._s is not None else None
 
     # ------------------------------------------------------------ generate
-    def generate(self, request: GenerationRequest) -> GenerationResult:
-        """Run one window; raise BackendError on failure (never a partial answer)."""
-        with self._lock:
-            s = self._s
-            if s is None:
-                raise BackendError(f'{type(self).__name__} is not loaded: call load() first')
-            try:
-                return self._generate(s, request)
-            except ProcVlmError:
-                raise
-            except Exception as e:  # runtime errors carry their own detail
-                raise BackendError(f'{self.name} inference failed on {len(request.images)} '
-                                   f'images: {type(e).__name__}: {e}') from e
-
-    def _generate(self, s: LoadedExport, request: GenerationRequest) -> GenerationResult:
+    def _generate(self, request: GenerationRequest) -> GenerationResult:
+        s = self._s
+        assert s is not None  # the base class calls this only while loaded
         t0 = time.perf_counter()
         images = list(request.images)
         self._check_window(s, images, request.frame_keys)
@@ -168,7 +152,7 @@ class ExportedBackend(Backend):
             [tokens], skip_special_tokens=True, clean_up_tokenization_spaces=False)[0]
         return GenerationResult(
             text=text, generated_tokens=len(tokens), prompt_tokens=int(ids.size),
-            latency_s=time.perf_counter() - t0, token_ids=tokens,
+            token_ids=tokens,
             timings={'preprocess_s': t1 - t0 - vision_s, 'vision_s': vision_s,
                      'prefill_s': t2 - t1, 'decode_s': t3 - t2,
                      'vision_frames_encoded': float(encoded),

@@ -8,7 +8,6 @@ launch files can be exercised where no checkpoint is available. It is never a de
 from __future__ import annotations
 
 import itertools
-import time
 
 from procvlm_ros.core.backends.base import Backend, GenerationRequest, GenerationResult
 from procvlm_ros.core.config import BackendConfig
@@ -24,26 +23,24 @@ class ScriptedBackend(Backend):
     name = 'scripted'
 
     def __init__(self, config: BackendConfig) -> None:
+        super().__init__()
         if not config.scripted_outputs:
             raise BackendError('scripted backend needs scripted_outputs (a list of answers)')
         self._outputs = tuple(config.scripted_outputs)
         self._cycle: itertools.cycle[str] | None = None
         self.requests: list[GenerationRequest] = []
 
-    def load(self) -> None:
+    def _load(self) -> None:
         self._cycle = itertools.cycle(self._outputs)
 
-    def generate(self, request: GenerationRequest) -> GenerationResult:
-        if self._cycle is None:
-            raise BackendError('scripted backend used before load()')
-        start = time.perf_counter()
+    def _generate(self, request: GenerationRequest) -> GenerationResult:
+        assert self._cycle is not None  # the base class calls this only while loaded
         # Keep only the last request: enough for tests, bounded memory for long demos.
         self.requests[:] = [request]
         text = next(self._cycle)
         if text.startswith(RAISE_PREFIX):
             raise BackendError(text[len(RAISE_PREFIX):])
-        return GenerationResult(text=text, generated_tokens=len(text.split()), prompt_tokens=0,
-                                latency_s=time.perf_counter() - start)
+        return GenerationResult(text=text, generated_tokens=len(text.split()), prompt_tokens=0)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self._cycle = None

@@ -20,14 +20,13 @@ import json
 import logging
 import os
 from pathlib import Path
-import threading
 import time
 from typing import Any
 
 from procvlm_ros.core.backends import value_head as vh
 from procvlm_ros.core.backends.base import Backend, GenerationRequest, GenerationResult
 from procvlm_ros.core.config import BackendConfig
-from procvlm_ros.core.errors import BackendError, BackendUnavailableError, ProcVlmError
+from procvlm_ros.core.errors import BackendError, BackendUnavailableError
 from procvlm_ros.core.prompt import build_messages, build_prompt
 
 _LOG = logging.getLogger(__name__)
@@ -318,8 +317,8 @@ class TransformersBackend(Backend):
     name = 'transformers'
 
     def __init__(self, config: BackendConfig) -> None:
+        super().__init__()
         self._cfg = config
-        self._lock = threading.Lock()
         self._model: Any = None
         self._processor: Any = None
         self._head: Any = None
@@ -340,10 +339,8 @@ class TransformersBackend(Backend):
         """The loaded ``Qwen3VLProcessor`` (None before load/after close)."""
         return self._processor
 
-    def load(self) -> None:
+    def _load(self) -> None:
         """Resolve device/dtype and checkpoint, load model, processor and optional head."""
-        if self._model is not None:
-            return
         try:
             import torch  # noqa: F401
             import transformers  # noqa: F401
@@ -428,22 +425,12 @@ class TransformersBackend(Backend):
             kwargs.update(temperature=self._cfg.temperature, top_p=SAMPLING_TOP_P)
         return kwargs
 
-    def generate(self, request: GenerationRequest) -> GenerationResult:
-        """Run one window; raise BackendError on failure."""
-        with self._lock:
-            self._require_loaded()
-            import torch
-            try:
-                with torch.inference_mode():
-                    return self._generate(request)
-            except ProcVlmError:
-                raise
-            except Exception as e:  # wrapped with context for the node
-                raise BackendError(
-                    f'transformers inference failed on {len(request.images)} images: '
-                    f'{type(e).__name__}: {e}') from e
-
     def _generate(self, request: GenerationRequest) -> GenerationResult:
+        import torch
+        with torch.inference_mode():
+            return self._generate_window(request)
+
+    def _generate_window(self, request: GenerationRequest) -> GenerationResult:
         t0 = time.perf_counter()
         inputs = self.prepare_inputs(request)
         t1 = time.perf_counter()
@@ -460,7 +447,7 @@ class TransformersBackend(Backend):
         t3 = time.perf_counter()
         return GenerationResult(
             text=text, generated_tokens=int(new_ids.shape[0]), prompt_tokens=prompt_len,
-            latency_s=t3 - t0, value_head_percent=percent, token_ids=new_ids.tolist(),
+            value_head_percent=percent, token_ids=new_ids.tolist(),
             timings={'preprocess_s': t1 - t0, 'generate_s': t2 - t1, 'value_head_s': t3 - t2})
 
     def _value_head_percent(self, inputs: dict[str, Any], sequences: Any) -> float:
@@ -479,13 +466,10 @@ class TransformersBackend(Backend):
         z = self._head(hidden.to(head_dtype), mask)  # (1,)
         return float(vh.percent_tensor(z, self._cfg.value_head_calibration)[0].item())
 
-    def close(self) -> None:
-        """Drop model, processor and head; empty the CUDA cache when on cuda. Idempotent."""
-        with self._lock:  # never pull the model from under a running generate()
-            if self._model is None and self._processor is None:
-                return
-            on_cuda = self.device.startswith('cuda')
-            self._model = self._processor = self._head = None
+    def _close(self) -> None:
+        """Drop model, processor and head; empty the CUDA cache when on cuda."""
+        on_cuda = self.device.startswith('cuda')
+        self._model = self._processor = self._head = None
         gc.collect()
         if on_cuda:
             import torch
