@@ -8,7 +8,7 @@ import sys
 
 from procvlm_ros.synth.episode import DEFAULT_FPS, EPISODE_KINDS
 from procvlm_ros.synth.export import BAG_TOPIC, FORMATS, write_dataset
-from procvlm_ros.synth.scene import TASK_KINDS
+from procvlm_ros.synth.scene import ALL_TASK_KINDS, TASK_KINDS
 
 
 def _csv(choices: tuple[str, ...]):  # type: ignore[no-untyped-def]
@@ -33,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--seed', type=int, required=True, help='data-set seed (same seed, same data)')
     p.add_argument('--kinds', type=_csv(EPISODE_KINDS), default=list(EPISODE_KINDS),
                    help=f'episode kinds to cycle through (default {",".join(EPISODE_KINDS)})')
-    p.add_argument('--task-kinds', type=_csv(TASK_KINDS), default=list(TASK_KINDS),
-                   help=f'task kinds to cycle through (default {",".join(TASK_KINDS)})')
+    p.add_argument('--task-kinds', type=_csv(ALL_TASK_KINDS), default=list(TASK_KINDS),
+                   help=f'task kinds to cycle through (default {",".join(TASK_KINDS)}; '
+                        f'held out from the demo model: {",".join(ALL_TASK_KINDS[3:])})')
     p.add_argument('--format', type=_csv(FORMATS), default=['mp4'],
                    help='mp4, bag or mp4,bag (default mp4); ground truth is always written')
     p.add_argument('--fps', type=float, default=DEFAULT_FPS,

@@ -27,7 +27,7 @@ from procvlm_ros.synth.episode import (
     generate_episode,
     GT_VERSION,
 )
-from procvlm_ros.synth.scene import TASK_KINDS
+from procvlm_ros.synth.scene import ALL_TASK_KINDS, TASK_KINDS
 
 _LOG = logging.getLogger(__name__)
 
@@ -55,8 +55,8 @@ def episode_plan(count: int, kinds: Sequence[str] = EPISODE_KINDS,
         if k not in EPISODE_KINDS:
             raise ValueError(f'unknown episode kind {k!r}; choose from {EPISODE_KINDS}')
     for t in task_kinds:
-        if t not in TASK_KINDS:
-            raise ValueError(f'unknown task kind {t!r}; choose from {TASK_KINDS}')
+        if t not in ALL_TASK_KINDS:
+            raise ValueError(f'unknown task kind {t!r}; choose from {ALL_TASK_KINDS}')
     if not kinds or not task_kinds:
         raise ValueError('kinds and task_kinds must not be empty')
     return [(kinds[i % len(kinds)], task_kinds[(i // len(kinds)) % len(task_kinds)])

@@ -40,6 +40,16 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     'cyan': (40, 190, 205),
 }
 TASK_KINDS = ('stack', 'push', 'bin')
+# Task families the demo model never saw in training (held out for adaptation, issue 10).
+# Kept out of TASK_KINDS so random task draws and default data sets are unchanged.
+HELDOUT_TASK_KINDS = ('drawer',)
+ALL_TASK_KINDS = TASK_KINDS + HELDOUT_TASK_KINDS
+CABINET_W = 40  # drawer task: cabinet outline, tray, knob and how far the tray comes out
+CABINET_H = 36
+TRAY_W = 34
+TRAY_H = 14
+KNOB = 6
+PULL = 30
 
 Point = tuple[float, float]
 RgbArray = npt.NDArray[np.uint8]
@@ -60,6 +70,8 @@ class SceneObject:
 
     @property
     def size(self) -> float:
+        if self.shape == 'drawer':  # what the fingers close on: the knob
+            return float(KNOB)
         return float(BLOCK if self.shape == 'block' else BALL)
 
 
@@ -288,14 +300,50 @@ def make_bin_task(rng: np.random.Generator, home: Point, travel_y: float) -> Tas
                 home, travel_y)
 
 
-_MAKERS = {'stack': make_stack_task, 'push': make_push_task, 'bin': make_bin_task}
+def make_drawer_task(rng: np.random.Generator, home: Point, travel_y: float) -> Task:
+    """Held-out family: pull a drawer open by its knob, then put a ball into the drawer."""
+    drawer_colour, ball_colour = _colours(rng, 2)
+    left = bool(rng.random() < 0.5)
+    cx = float(rng.uniform(26, 46)) if left else float(rng.uniform(WIDTH - 46, WIDTH - 26))
+    side = 1.0 if left else -1.0  # the drawer opens towards the middle of the table
+    tray_y = TABLE_Y - CABINET_H / 2
+    tray_x = cx + side * (CABINET_W / 2 - TRAY_W / 2 - 2)
+    knob_x = tray_x + side * (TRAY_W / 2 + KNOB / 2)
+    reach = BALL + 4  # the ball lies beyond the opened drawer
+    far = cx + side * (CABINET_W / 2 + PULL + reach)
+    lo, hi = (far, WIDTH - 10.0) if left else (10.0, far)
+    ball_x = float(rng.uniform(min(lo, hi), max(lo, hi)))
+    drawer = SceneObject('drawer', drawer_colour, tray_x, tray_y)
+    ball = SceneObject('ball', ball_colour, ball_x, TABLE_Y - BALL / 2)
+    grip = _grasp_point(knob_x, tray_y, KNOB)
+    pulled = (grip[0] + side * PULL, grip[1])
+    ball_grasp = _grasp_point(ball.x, ball.y, BALL)
+    drop = _grasp_point(tray_x + side * (PULL - 4), tray_y - 1, BALL)
+    actions = (
+        Action(f'reach the {drawer_colour} drawer knob', lift_path(home, grip, travel_y),
+               grasp=True),
+        Action(f'pull the {drawer_colour} drawer open', (grip, pulled),
+               carry=(0, tray_x - grip[0], tray_y - grip[1]), closed=True),
+        Action(f'pick up the {ball_colour} ball', lift_path(pulled, ball_grasp, travel_y),
+               grasp=True),
+        Action(f'drop the {ball_colour} ball into the drawer',
+               lift_path(ball_grasp, drop, travel_y), carry=(1, 0.0, BALL / 2 + 1),
+               closed=True),
+    )
+    sentence = f'open the {drawer_colour} drawer and put the {ball_colour} ball in it'
+    return Task('drawer', sentence, (drawer, ball), (Fixture('cabinet', 'grey', cx),), actions,
+                home, travel_y)
+
+
+_MAKERS = {'stack': make_stack_task, 'push': make_push_task, 'bin': make_bin_task,
+           'drawer': make_drawer_task}
 
 
 def make_task(rng: np.random.Generator, kind: str | None = None) -> Task:
     """Draw a task of ``kind`` (random kind when None) with random colours and layout."""
     kind = str(rng.choice(TASK_KINDS)) if kind is None else kind
     if kind not in _MAKERS:
-        raise ValueError(f'task kind must be one of {TASK_KINDS}, got {kind!r}')
+        raise ValueError(f'task kind must be one of {ALL_TASK_KINDS}, got {kind!r}')
     travel_y = float(rng.uniform(16, 24))
     home = (float(rng.uniform(40, WIDTH - 40)), travel_y)
     return _MAKERS[kind](rng, home, travel_y)
@@ -376,11 +424,35 @@ def _draw_object(img: np.ndarray, obj: SceneObject, x: float, y: float) -> None:
 
 
 def _draw_fixture(img: np.ndarray, fixture: Fixture) -> None:
+    if fixture.kind == 'cabinet':
+        _draw_cabinet(img, fixture.x)
+        return
     if fixture.kind == 'mat':
         colour = COLOURS[fixture.colour]
         _fill(img, fixture.x - MAT_W / 2, TABLE_Y, fixture.x + MAT_W / 2, TABLE_Y + 5, colour)
         _fill(img, fixture.x - MAT_W / 2, TABLE_Y + 5, fixture.x + MAT_W / 2, TABLE_Y + 6,
               _shade(colour, 0.6))
+
+
+def _draw_cabinet(img: np.ndarray, x: float) -> None:
+    """A dark hollow cabinet standing on the table (drawer task)."""
+    colour, inner = (80, 80, 92), (150, 150, 160)
+    top = TABLE_Y - CABINET_H
+    _fill(img, x - CABINET_W / 2, top, x + CABINET_W / 2, TABLE_Y, colour)
+    _fill(img, x - CABINET_W / 2 + 3, top + 3, x + CABINET_W / 2 - 3, TABLE_Y - 3, inner)
+
+
+def _draw_drawer(img: np.ndarray, obj: SceneObject, x: float, y: float, side: float) -> None:
+    """An open-top tray with a knob on the side it opens to."""
+    colour = COLOURS[obj.colour]
+    dark = _shade(colour, 0.6)
+    x0, x1 = x - TRAY_W / 2, x + TRAY_W / 2
+    y0, y1 = y - TRAY_H / 2, y + TRAY_H / 2
+    _fill(img, x0, y1 - 3, x1, y1, dark)  # bottom
+    _fill(img, x0, y0, x0 + 3, y1, colour)  # walls
+    _fill(img, x1 - 3, y0, x1, y1, colour)
+    kx = x + side * (TRAY_W / 2 + KNOB / 2)
+    _fill(img, kx - KNOB / 2, y - KNOB / 2, kx + KNOB / 2, y + KNOB / 2, dark)
 
 
 def _draw_bin_walls(img: np.ndarray, x: float) -> None:
@@ -421,12 +493,15 @@ def render(task: Task, pose: Pose, style: Style, noise_seed: int | None = None) 
         _draw_fixture(img, fixture)
     held = state.holding
     for i, (obj, (x, y)) in enumerate(zip(task.objects, state.positions)):
-        if i != held:
+        if obj.shape == 'drawer':  # the drawer task only; other tasks draw as before
+            cabinet = task.fixtures[0].x
+            _draw_drawer(img, obj, x, y, 1.0 if obj.x > cabinet else -1.0)
+        elif i != held:
             _draw_object(img, obj, x, y)
     for fixture in task.fixtures:
         if fixture.kind == 'bin':
             _draw_bin_walls(img, fixture.x)
-    if held is not None:
+    if held is not None and task.objects[held].shape != 'drawer':
         x, y = state.positions[held]
         _draw_object(img, task.objects[held], x, y)
     _draw_gripper(img, state, task)
