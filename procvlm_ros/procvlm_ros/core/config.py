@@ -92,6 +92,12 @@ class BackendConfig:
         if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
             raise ConfigError(f'min_pixels ({self.min_pixels}) > max_pixels ({self.max_pixels})')
         if self.backend == 'transformers' and not self.model.strip():
+    speculation: bool = field(default=True, metadata=param(
+        'Verify the previous window\'s answer as a draft (temporal speculative decoding): '
+        'fewer sequential decoder passes, output token for token the greedy one. Greedy '
+        '(temperature 0) only; ignored when sampling.'))
+    speculation_max_draft: int = field(default=16, metadata=param(
+        'Most draft tokens verified per decoder pass (speculation).', lo=1, hi=256))
             raise ConfigError('model is empty: set it to a checkpoint directory or hub id')
         if self.device != 'auto' and not (self.device in ('cpu', 'cuda')
                                           or self.device.startswith('cuda:')):
