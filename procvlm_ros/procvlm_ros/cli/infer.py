@@ -31,6 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--max_sampled_frames', type=int, default=512)
     p.add_argument('--enable_value_head', action='store_true',
                    help='replace the generated number with the value head (official formula)')
+    p.add_argument('--use_lora', action='store_true',
+                   help='--model_path is a LoRA adapter directory: load the base named in its '
+                        'adapter_config.json and apply the adapter (official flag; like the '
+                        'official CLI it also turns the value head on when a head sidecar '
+                        'exists)')
+    p.add_argument('--adapter', default='',
+                   help='LoRA adapter directory applied on top of --model_path')
+    p.add_argument('--adapter_head', default='adapter', choices=['adapter', 'official'],
+                   help="value head with an adapter: the adapter's procvlm_head.bin (fix, "
+                        "default) or the base's (official behaviour)")
     p.add_argument('--backend', default='transformers', choices=[b for b in BACKENDS
                                                                  if b != 'scripted'])
     p.add_argument('--image_topic', default=None, help='rosbag2 input: the image topic')
@@ -55,6 +65,28 @@ def default_output(video_path: str) -> Path:
     return path.with_name(f'{path.stem}_progress.jsonl')
 
 
+def lora_model_paths(model_path: str, adapter: str, adapter_head: str) -> tuple[str, str, bool]:
+    """
+    ``--use_lora``: ``(base, adapter, value head available)`` from an adapter directory.
+
+    The base comes from ``adapter_config.json`` as in the official CLI. The official CLI always
+    turns the value head on with ``--use_lora``; here it is turned on when a head sidecar
+    exists (adapter or base), because without one the official code runs a random head.
+    """
+    from procvlm_ros.core.backends import lora_adapter as lora
+    from procvlm_ros.core.backends.value_head import find_head_sidecar
+
+    adapter_dir = adapter or model_path
+    if not adapter_dir:
+        raise ProcVlmError('--use_lora needs --model_path ADAPTER_DIR')
+    base = lora.base_model_of(adapter_dir)
+    if adapter and model_path and model_path != adapter:
+        base = model_path  # explicit base wins
+    own = lora.adapter_head_path(adapter_dir) if adapter_head == 'adapter' else None
+    has_head = own is not None or (Path(base).is_dir() and find_head_sidecar(base) is not None)
+    return base, adapter_dir, has_head
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
@@ -62,8 +94,13 @@ def main(argv: list[str] | None = None) -> int:
 
     output = Path(args.output_path) if args.output_path else default_output(args.video_path)
     options = {f: getattr(args, f) for f in ('device', 'attn_implementation', 'prompt_layout',
-                                             'value_head_calibration', 'engine_dir')}
+                                             'value_head_calibration', 'engine_dir', 'adapter',
+                                             'adapter_head')}
     try:
+        if args.use_lora:
+            args.model_path, options['adapter'], head = lora_model_paths(
+                args.model_path, args.adapter, args.adapter_head)
+            args.enable_value_head = args.enable_value_head or head
         BackendConfig(backend=args.backend, model=args.model_path, **options)  # validate early
         records = infer_progress_from_video(
             video_path=args.video_path, task=args.task, model_path=args.model_path,

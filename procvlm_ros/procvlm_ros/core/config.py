@@ -79,11 +79,25 @@ class BackendConfig:
         'official: sigmoid(z)*100 as the official inference code; trained: '
         'sigmoid(1.2*z - 0.1)*100, the mapping the head was trained with.',
         choices=('official', 'trained')))
+    adapter: str = field(default='', metadata=param(
+        'LoRA adapter directory (peft, e.g. from procvlm-adapt train or the official '
+        'lora_oneshot.sh) applied unmerged on top of model at load; transformers backend only. '
+        'Empty: none.'))
+    adapter_head: str = field(default='adapter', metadata=param(
+        "Value head with an adapter: adapter = the adapter's procvlm_head.bin (documented fix); "
+        "official = the base checkpoint's head, as the official --use_lora loader ends up "
+        'using (it drops the adapter head).', choices=('adapter', 'official')))
     attn_implementation: str = field(default='sdpa', metadata=param(
         'transformers attention kernel: sdpa, eager or flash_attention_2.',
         choices=('sdpa', 'eager', 'flash_attention_2')))
     engine_dir: str = field(default='', metadata=param(
         'Directory of exported ONNX graphs / TensorRT engines (onnxruntime and tensorrt).'))
+    speculation: bool = field(default=True, metadata=param(
+        'Verify the previous window\'s answer as a draft (temporal speculative decoding): '
+        'fewer sequential decoder passes, output token for token the greedy one. Greedy '
+        '(temperature 0) only; ignored when sampling.'))
+    speculation_max_draft: int = field(default=16, metadata=param(
+        'Most draft tokens verified per decoder pass (speculation).', lo=1, hi=256))
     scripted_outputs: tuple[str, ...] = field(default=(), metadata=param(
         'scripted backend only: answers returned in turn (test and demo use, never a model).'))
 
@@ -91,13 +105,10 @@ class BackendConfig:
         validate_fields(self)
         if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
             raise ConfigError(f'min_pixels ({self.min_pixels}) > max_pixels ({self.max_pixels})')
+        if self.adapter and self.backend != 'transformers':
+            raise ConfigError(f'adapter needs the transformers backend (got {self.backend}); '
+                              'merge it with procvlm-adapt merge for the other backends')
         if self.backend == 'transformers' and not self.model.strip():
-    speculation: bool = field(default=True, metadata=param(
-        'Verify the previous window\'s answer as a draft (temporal speculative decoding): '
-        'fewer sequential decoder passes, output token for token the greedy one. Greedy '
-        '(temperature 0) only; ignored when sampling.'))
-    speculation_max_draft: int = field(default=16, metadata=param(
-        'Most draft tokens verified per decoder pass (speculation).', lo=1, hi=256))
             raise ConfigError('model is empty: set it to a checkpoint directory or hub id')
         if self.device != 'auto' and not (self.device in ('cpu', 'cuda')
                                           or self.device.startswith('cuda:')):

@@ -23,6 +23,7 @@ from pathlib import Path
 import time
 from typing import Any
 
+from procvlm_ros.core.backends import lora_adapter as lora
 from procvlm_ros.core.backends import value_head as vh
 from procvlm_ros.core.backends.base import Backend, GenerationRequest, GenerationResult
 from procvlm_ros.core.config import BackendConfig
@@ -327,6 +328,7 @@ class TransformersBackend(Backend):
         self.model_dir: Path | None = None
         self.processor_route = ''
         self.value_head_path: Path | None = None
+        self.adapter_dir: Path | None = None
         self._pad_id = DEFAULT_PAD_TOKEN_ID
 
     @property
@@ -352,10 +354,24 @@ class TransformersBackend(Backend):
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
         path = resolve_checkpoint(cfg.model)
+        if lora.is_adapter_dir(path):
+            raise BackendUnavailableError(
+                f'{path} is a LoRA adapter, not a checkpoint: set model to its base '
+                f'({lora.base_model_of(path)}) and adapter to {path} '
+                '(procvlm-infer: --model_path ADAPTER --use_lora)')
         read_model_config(path)
-        head_path = self._find_head(path)
-        processor, route = load_processor(path, cfg.min_pixels, cfg.max_pixels)
+        adapter = Path(cfg.adapter).expanduser() if cfg.adapter else None
+        if adapter is not None:
+            lora.read_adapter_config(adapter)  # fail before the weights load
+        head_path = self._find_head(path, adapter)
+        # The official loader reads the processor (pixel limits included) from the adapter.
+        processor_dir = adapter if adapter is not None and (
+            adapter / 'preprocessor_config.json').is_file() else path
+        processor, route = load_processor(processor_dir, cfg.min_pixels, cfg.max_pixels)
         model = load_model(path, device, dtype, cfg.attn_implementation)
+        if adapter is not None:
+            model = lora.apply_adapter(model, adapter, base_dir=path).to(device)
+        self.adapter_dir = adapter
         self._fill_generation_ids(model, processor)
         if head_path is not None:
             hidden = int(model.config.text_config.hidden_size)
@@ -366,10 +382,12 @@ class TransformersBackend(Backend):
         _LOG.debug('loaded %s on %s (%s), processor %s, value head %s', path, device, dtype,
                    route, head_path)
 
-    def _find_head(self, path: Path) -> Path | None:
+    def _find_head(self, path: Path, adapter: Path | None = None) -> Path | None:
         if not self._cfg.enable_value_head:
             return None
         head_path = vh.find_head_sidecar(path)
+        if adapter is not None:
+            head_path = lora.choose_head(head_path, adapter, self._cfg.adapter_head)
         if head_path is None:
             raise BackendUnavailableError(
                 f'enable_value_head is on but {path} has no value-head sidecar (looked for '
