@@ -330,6 +330,7 @@ class TransformersBackend(Backend):
         self.value_head_path: Path | None = None
         self.adapter_dir: Path | None = None
         self._pad_id = DEFAULT_PAD_TOKEN_ID
+        self._told_plain = False  # the "speculation off" reason is logged once
 
     @property
     def model(self) -> Any:
@@ -452,7 +453,7 @@ class TransformersBackend(Backend):
         t0 = time.perf_counter()
         inputs = self.prepare_inputs(request)
         t1 = time.perf_counter()
-        sequences = self._model.generate(**inputs, **self.generation_kwargs())  # (1, P + N)
+        sequences, passes, accepted = self._decode(inputs, request.draft_token_ids)
         prompt_len = int(inputs['input_ids'].shape[1])
         new_ids = sequences[0, prompt_len:]
         text = self._processor.batch_decode(
@@ -466,7 +467,27 @@ class TransformersBackend(Backend):
         return GenerationResult(
             text=text, generated_tokens=int(new_ids.shape[0]), prompt_tokens=prompt_len,
             value_head_percent=percent, token_ids=new_ids.tolist(),
-            timings={'preprocess_s': t1 - t0, 'generate_s': t2 - t1, 'value_head_s': t3 - t2})
+            timings={'preprocess_s': t1 - t0, 'generate_s': t2 - t1, 'value_head_s': t3 - t2},
+            decoder_passes=passes, draft_tokens_accepted=accepted)
+
+    def _decode(self, inputs: dict[str, Any], draft: Any) -> tuple[Any, int, int]:
+        """
+        ``(sequences (1, P + N), decoder passes, accepted draft ids)``: the draft-verifying
+        loop when speculation is on and a draft is given, else ``generate()``.
+        """
+        from procvlm_ros.core.backends import torch_speculation as ts
+        cfg = self._cfg
+        why = ts.plain_decoding_reason(self._model.generation_config, cfg.temperature)
+        if cfg.speculation and why and not self._told_plain:
+            _LOG.info('speculation off: %s', why)
+            self._told_plain = True
+        if cfg.speculation and not why and draft:
+            sequences, stats = ts.speculative_generate(
+                self._model, inputs, list(draft), cfg.speculation_max_draft, cfg.max_new_tokens)
+            return sequences, stats.decoder_passes, stats.draft_tokens_accepted
+        sequences = self._model.generate(**inputs, **self.generation_kwargs())  # (1, P + N)
+        generated = int(sequences.shape[1] - inputs['input_ids'].shape[1])
+        return sequences, max(0, generated - 1), 0  # one pass per token after the prefill's
 
     def _value_head_percent(self, inputs: dict[str, Any], sequences: Any) -> float:
         """Fresh forward over prompt + generated ids, pool the final hidden states, map z."""
