@@ -73,37 +73,57 @@ class ProgressEstimator:
 
     def estimate(self, frames: Sequence[Frame],
                  keys: Sequence[Hashable] | None = None) -> ProgressEstimate:
-        """Evaluate one window (oldest first). Never raises for model or input trouble."""
+        """Evaluate one window with this estimator's own carry-forward state."""
+        estimate = self.evaluate(frames, keys, task=self._task,
+                                 previous_percent=self._last_percent, episode=self._episode)
+        self._last_percent = estimate.percent
+        return estimate
+
+    def evaluate(self, frames: Sequence[Frame], keys: Sequence[Hashable] | None = None, *,
+                 task: str, previous_percent: float | None, episode: int = 0,
+                 draft_token_ids: Sequence[int] | None = None) -> ProgressEstimate:
+        """
+        Evaluate one window (oldest first) without touching any episode state.
+
+        The caller owns the carry-forward value (``previous_percent``) and the episode, so an
+        answer that arrives after its episode ended cannot leak into the next one. Never
+        raises for model or input trouble: failures come back as ``Status.ERROR``.
+        """
         stamps = tuple(f.stamp_ns for f in frames)
         indices = tuple(f.index for f in frames)
         try:
             keyed = keys if keys is not None else [None] * len(frames)
             images = [self.prepare(f, k) for f, k in zip(frames, keyed)]
             result = self.backend.generate(GenerationRequest(
-                images=images, task=self._task,
-                frame_keys=tuple(keys) if keys is not None else None))
+                images=images, task=task,
+                frame_keys=tuple(keys) if keys is not None else None,
+                draft_token_ids=draft_token_ids))
         except ProcVlmError as e:
-            return self._failure(f'{type(e).__name__}: {e}', stamps, indices)
+            return self._failure(f'{type(e).__name__}: {e}', stamps, indices,
+                                 previous_percent, episode)
         except Exception as e:  # noqa: BLE001 - a model bug must not kill the caller's loop
             _LOG.exception('unexpected backend failure')
-            return self._failure(f'unexpected {type(e).__name__}: {e}', stamps, indices)
+            return self._failure(f'unexpected {type(e).__name__}: {e}', stamps, indices,
+                                 previous_percent, episode)
 
         parsed = parse_answer(result.text)
-        if parsed.percent is not None:
-            self._last_percent = parsed.percent
+        percent = parsed.percent if parsed.percent is not None else previous_percent
         status = Status.OK if parsed.percent is not None else Status.CARRIED_FORWARD
         return ProgressEstimate(
-            status=status, percent=self._last_percent, parsed_percent=parsed.percent,
+            status=status, percent=percent, parsed_percent=parsed.percent,
             progress_source='model' if parsed.percent is not None else 'previous',
             remaining_actions=parsed.remaining_actions, reasoning=parsed.reasoning,
             model_output=result.text, status_message='; '.join(parsed.notes),
             frame_stamps_ns=stamps, frame_indices=indices, inference_time_s=result.latency_s,
-            generated_tokens=result.generated_tokens, episode=self._episode,
-            timings=dict(result.timings))
+            generated_tokens=result.generated_tokens, episode=episode,
+            timings=dict(result.timings), token_ids=tuple(result.token_ids),
+            decoder_passes=result.decoder_passes,
+            draft_tokens_accepted=result.draft_tokens_accepted)
 
-    def _failure(self, message: str, stamps: tuple[int, ...],
-                 indices: tuple[int, ...]) -> ProgressEstimate:
+    @staticmethod
+    def _failure(message: str, stamps: tuple[int, ...], indices: tuple[int, ...],
+                 previous_percent: float | None, episode: int) -> ProgressEstimate:
         return ProgressEstimate(
-            status=Status.ERROR, percent=self._last_percent, parsed_percent=None,
+            status=Status.ERROR, percent=previous_percent, parsed_percent=None,
             progress_source='previous', status_message=message, frame_stamps_ns=stamps,
-            frame_indices=indices, episode=self._episode)
+            frame_indices=indices, episode=episode)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import enum
 import math
 import re
+from typing import Any
 
 from procvlm_ros.core.config import param, validate_fields
 from procvlm_ros.core.errors import ConfigError
@@ -28,6 +29,11 @@ NS = 1_000_000_000
 _DONE_TEXT = re.compile(
     r'final result|task (?:is|has been) (?:complete|completed|finished|done)|'
     r'no (?:further|more|remaining) (?:atomic )?(?:actions|steps)', re.IGNORECASE)
+
+
+def _tunable(description: str, **kwargs: Any) -> dict[str, Any]:
+    # Supervision thresholds may be retuned while running, like Nav2's progress checker.
+    return param(description, read_only=False, **kwargs)
 
 
 class Reason(enum.IntEnum):
@@ -43,29 +49,29 @@ class Reason(enum.IntEnum):
 class SupervisionConfig:
     """Thresholds of the episode logic (all declared node parameters)."""
 
-    stall_min_delta: float = field(default=0.05, metadata=param(
+    stall_min_delta: float = field(default=0.05, metadata=_tunable(
         'Rise in progress (fraction) that counts as moving on.', lo=0.0, hi=1.0))
-    stall_window_s: float = field(default=30.0, metadata=param(
+    stall_window_s: float = field(default=30.0, metadata=_tunable(
         'No rise of stall_min_delta for this long (while not done) means stalled.',
         lo=0.1, hi=86400.0))
-    regression_threshold: float = field(default=0.2, metadata=param(
+    regression_threshold: float = field(default=0.2, metadata=_tunable(
         'Drop below the episode peak (fraction) that counts as a regression; 1 disables.',
         lo=0.0, hi=1.0))
-    regression_consecutive: int = field(default=2, metadata=param(
+    regression_consecutive: int = field(default=2, metadata=_tunable(
         'Consecutive estimates that far below the peak needed for a regression intervention '
         '(1: the first one; 2 ignores a single misread frame).', lo=1, hi=1000))
-    done_threshold: float = field(default=0.95, metadata=param(
+    done_threshold: float = field(default=0.95, metadata=_tunable(
         'Progress at or above this counts toward done.', lo=0.0, hi=1.0))
-    done_consecutive: int = field(default=2, metadata=param(
+    done_consecutive: int = field(default=2, metadata=_tunable(
         'Consecutive estimates at or above done_threshold needed for done.', lo=1, hi=1000))
-    done_hold_s: float = field(default=0.0, metadata=param(
+    done_hold_s: float = field(default=0.0, metadata=_tunable(
         'Those estimates must also span at least this long.', lo=0.0, hi=3600.0))
-    done_from_text: bool = field(default=False, metadata=param(
+    done_from_text: bool = field(default=False, metadata=_tunable(
         'Count an answer saying the task is finished ("final result", no remaining steps) '
         'as an estimate at or above done_threshold.'))
-    model_error_count: int = field(default=3, metadata=param(
+    model_error_count: int = field(default=3, metadata=_tunable(
         'Consecutive failed inferences that raise a model_error intervention.', lo=1, hi=1000))
-    smoothing_alpha: float = field(default=0.0, metadata=param(
+    smoothing_alpha: float = field(default=0.0, metadata=_tunable(
         'Exponential smoothing of the published value: 0 = off (default), 1 = no memory; '
         'the unsmoothed value stays in Progress.raw_value.', lo=0.0, hi=1.0))
 
@@ -131,6 +137,16 @@ class EpisodeSupervisor:
     @property
     def done(self) -> bool:
         return self._done
+
+    def configure(self, config: SupervisionConfig, stale_after_s: float | None = None) -> None:
+        """Apply new thresholds from the next update on; the episode's history is kept."""
+        if stale_after_s is not None:
+            if stale_after_s <= 0:
+                raise ConfigError('stale_after_s must be > 0')
+            self.stale_after_s = stale_after_s
+        if config.regression_consecutive != self.config.regression_consecutive:
+            self._recent = deque(self._recent, maxlen=config.regression_consecutive)
+        self.config = config
 
     def frame_received(self, now_ns: int) -> None:
         self._last_frame_ns = now_ns

@@ -60,6 +60,9 @@ class ProgressEstimate:
     generated_tokens: int = 0
     episode: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    token_ids: tuple[int, ...] = ()  # generated ids: the next window's speculative draft
+    decoder_passes: int = 0
+    draft_tokens_accepted: int = 0
 
     @property
     def value(self) -> float:

@@ -13,42 +13,43 @@ def frame(t_s, i=0):
 def test_pads_with_first_frame_until_full():
     w = FrameWindow(4, 0.0)
     assert w.snapshot() is None
-    w.offer(frame(0, 0), 0)
-    w.offer(frame(1, 1), 0)
+    w.offer(frame(0, 0))
+    w.offer(frame(1, 1))
     snap = w.snapshot()
     assert [f.index for f in snap.frames] == [0, 0, 0, 1]
-    assert [k[1] for k in snap.keys] == [1, 1, 1, 2]
+    assert list(snap.sequences) == [1, 1, 1, 2]
 
 
 def test_bounded_and_newest_last():
     w = FrameWindow(3, 0.0)
     for i in range(1000):
-        w.offer(frame(i, i), 0)
+        w.offer(frame(i, i))
     assert len(w) == 3
     assert [f.index for f in w.snapshot().frames] == [997, 998, 999]
 
 
 def test_sparse_sampling_by_stamp():
     w = FrameWindow(8, 1.0)
-    kept = [w.offer(frame(t / 10, t), 0) for t in range(31)]  # 10 Hz for 3 s
+    kept = [w.offer(frame(t / 10, t)) for t in range(31)]  # 10 Hz for 3 s
     assert [i for i, k in enumerate(kept) if k] == [0, 10, 20, 30]
 
 
-def test_stamp_jumping_back_restarts_spacing():
+def test_due_predicts_offer_without_keeping():
     w = FrameWindow(8, 1.0)
-    assert w.offer(frame(100.0), 0)
-    assert not w.offer(frame(100.5), 0)
-    assert w.offer(frame(3.0), 0)  # bag looped / sim reset
-    assert not w.offer(frame(3.2), 0)
+    assert w.due(0)
+    w.offer(frame(10.0))
+    assert not w.due(int(10.5 * S)) and w.due(11 * S)
+    assert len(w) == 1  # due() keeps nothing
 
 
-def test_version_changes_only_on_kept_frames_and_episode():
+def test_version_changes_only_on_kept_frames_and_clear():
     w = FrameWindow(2, 1.0)
-    w.offer(frame(0), 0)
+    w.offer(frame(0))
     v = w.snapshot().version
-    w.offer(frame(0.5), 0)
+    w.offer(frame(0.5))
     assert w.snapshot().version == v
-    ep = w.new_episode()
-    assert ep == 1 and w.snapshot() is None
-    w.offer(frame(0.6), 0)  # spacing restarts with the episode
-    assert w.snapshot().episode == 1 and w.snapshot().version > v
+    w.clear()
+    assert w.snapshot() is None
+    w.offer(frame(0.6))  # spacing restarts after a clear
+    snap = w.snapshot()
+    assert snap.version > v and snap.sequences == (1, 1)
