@@ -16,9 +16,9 @@ demo: venv
 test: venv
 	cd procvlm_ros && PROCVLM_REQUIRE_ROS=1 $(PY) -m pytest test -q -p no:cacheprovider $(PYTEST_ARGS)
 
-## Only the ROS-free core (fast)
+## Only the ROS-free core, without the tests marked slow (markers: procvlm_ros/setup.cfg)
 test-core: venv
-	cd procvlm_ros && $(PY) -m pytest test/core -q -p no:cacheprovider $(PYTEST_ARGS)
+	cd procvlm_ros && $(PY) -m pytest test/core -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
 
 ## Benchmark every available backend on the tiny model (see docs/export.md)
 bench: venv
