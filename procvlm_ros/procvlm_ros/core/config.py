@@ -93,7 +93,7 @@ class BackendConfig:
     engine_dir: str = field(default='', metadata=param(
         'Directory of exported ONNX graphs / TensorRT engines (onnxruntime and tensorrt).'))
     speculation: bool = field(default=True, metadata=param(
-        'Verify the previous window\'s answer as a draft (temporal speculative decoding): '
+        "Verify the previous window's answer as a draft (temporal speculative decoding): "
         'fewer sequential decoder passes, output token for token the greedy one. Greedy '
         '(temperature 0) only; ignored when sampling.'))
     speculation_max_draft: int = field(default=16, metadata=param(
@@ -128,6 +128,21 @@ class WindowConfig:
     jpeg_roundtrip: bool = field(default=True, metadata=param(
         'JPEG-encode and decode each frame at quality 95 before the model, as the official '
         'pipeline does (it saves every frame as JPEG q95).'))
+    max_stamp_future_s: float = field(default=2.0, metadata=param(
+        'Frames stamped further than this ahead of the node clock are rejected (a camera '
+        'clock that is not synchronised).', lo=0.0, hi=3600.0, read_only=False))
+    max_stamp_age_s: float = field(default=10.0, metadata=param(
+        'Frames stamped longer than this before the node clock when they arrive are rejected '
+        '(a bag played without --clock and use_sim_time); 0 disables the check.',
+        lo=0.0, hi=86400.0, read_only=False))
+    time_jump_back_s: float = field(default=1.0, metadata=param(
+        'A stamp further than this behind the newest accepted one is a time jump (bag loop, '
+        'simulation reset, camera driver restart); smaller steps back are rejected as out of '
+        'order.', lo=0.0, hi=3600.0, read_only=False))
+    on_time_jump_back: str = field(default='new_episode', metadata=param(
+        'Reaction to a time jump backwards: new_episode (start over with the same task, as rviz '
+        'and tf reset on a jump) or reject (drop frames until time passes the newest accepted '
+        'stamp again).', choices=('new_episode', 'reject'), read_only=False))
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -142,9 +157,10 @@ class MonitorConfig:
     input_type: str = field(default='raw', metadata=param(
         'raw: subscribe to image (sensor_msgs/Image); compressed: image/compressed '
         '(sensor_msgs/CompressedImage).', choices=('raw', 'compressed')))
-    qos_reliability: str = field(default='best_effort', metadata=param(
-        'Image subscription reliability; best_effort is the sensor-data default.',
-        choices=('best_effort', 'reliable')))
+    qos_reliability: str = field(default='auto', metadata=param(
+        'Image subscription reliability: auto matches the camera publisher (reliable when every '
+        'publisher offers it: large frames over best effort are lost when fragmented), '
+        'best_effort or reliable.', choices=('auto', 'best_effort', 'reliable')))
     qos_depth: int = field(default=2, metadata=param(
         'Image subscription queue depth (small: only the newest frames matter).', lo=1, hi=100))
     max_image_pixels: int = field(default=33_177_600, metadata=param(

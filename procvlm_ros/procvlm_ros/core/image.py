@@ -344,3 +344,13 @@ def _check_rgb(rgb: Any) -> RgbArray:
         raise ImageError(
             f'expected an (H, W, 3) uint8 RGB array, got {rgb.dtype} of shape {rgb.shape}')
     return rgb
+
+
+def check_geometry(height: int, width: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Refuse sizes the model's preprocessing cannot take (aspect ratio, tiny sides, area)."""
+    _check_size(height, width, max_pixels)
+    if max(height, width) / min(height, width) > _MAX_RATIO:
+        raise ImageError(
+            f'aspect ratio of {width}x{height} exceeds {_MAX_RATIO} (qwen-vl-utils limit)')
+    if min(height, width) < 2:
+        raise ImageError(f'image {width}x{height} is too small for the model')
