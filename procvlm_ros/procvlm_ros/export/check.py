@@ -7,6 +7,7 @@ Compared, each as max abs error and relative error (max abs error / max |referen
 - ``decoder.prefill_logits`` (last position) and ``decoder.present_key_i/value_i`` (the new K/V
   rows) against HF ``model(**inputs)`` and its ``DynamicCache``;
 - ``decoder.decode_logits``: one decode step fed with the cache, against HF with its cache;
+- ``decoder.verify_logits`` (format 2): a 4-token draft-verifying pass, every position;
 - a greedy decode of ``new_tokens`` tokens with the ``onnxruntime`` backend against the
   ``transformers`` backend, token for token.
 
@@ -179,10 +180,12 @@ def _tensor_checks(manifest: ExportManifest, ref: Any, inputs: dict[str, Any],
     cache = np.zeros((md['num_layers'], 2, 1, md['num_kv_heads'], slots, md['head_dim']),
                      s.float)
 
-    def run(tok_ids: Any, vindex: Any, pos: Any, past: int) -> list[Any]:
+    def run(tok_ids: Any, vindex: Any, pos: Any, past: int, heads: int = 1) -> list[Any]:
         feed = {'input_ids': tok_ids[None], 'visual_index': vindex[None],
                 'image_embeds': bank, 'deepstack': ds_bank, 'position_ids': pos[:, None],
                 'past_length': np.array([past], np.int64)}
+        if manifest.verifies_drafts:  # format 2: logits of the last ``heads`` positions
+            feed['logit_index'] = np.arange(tok_ids.size - heads, tok_ids.size, dtype=np.int64)
         for i in range(md['num_layers']):
             feed[f'past_key_{i}'], feed[f'past_value_{i}'] = cache[i, 0], cache[i, 1]
         return list(s.decoder.run(None, feed))
@@ -202,6 +205,18 @@ def _tensor_checks(manifest: ExportManifest, ref: Any, inputs: dict[str, Any],
     step_logits = run(np.array([token], np.int64), np.zeros(1, np.int64), pos, ids.size)[0]
     errors.append(compare('decoder.decode_logits', _np(hf_step.logits[:, -1]), step_logits,
                           rtol))
+    if manifest.verifies_drafts:  # a draft-verifying pass: every position's logits
+        hf_out.past_key_values.crop(-1)
+        chunk = np.array([token, *ids[-3:]], np.int64)
+        with torch.no_grad():
+            hf_verify = ref.model(input_ids=torch.from_numpy(chunk)[None],
+                                  past_key_values=hf_out.past_key_values, use_cache=True)
+        pos = np.broadcast_to(np.arange(ids.size, ids.size + chunk.size) + delta,
+                              (3, chunk.size)).copy()
+        verify_logits = run(chunk, np.zeros(chunk.size, np.int64), pos, ids.size,
+                            chunk.size)[0]
+        errors.append(compare('decoder.verify_logits', _np(hf_verify.logits[0]),
+                              verify_logits, rtol))
     return errors
 
 

@@ -30,6 +30,8 @@ def _onnx_parser(sub: argparse._SubParsersAction) -> None:
                    help='KV slots, prompt + generated (0: derived from frames and size)')
     p.add_argument('--prefill-chunk', type=int, default=512,
                    help='most prompt tokens per decoder call')
+    p.add_argument('--max-verify-tokens', type=int, default=64,
+                   help='most tokens of one draft-verifying decoder pass (TensorRT profile)')
     p.add_argument('--no-validate', action='store_true',
                    help='skip the torch vs ONNX Runtime check after exporting')
 
@@ -80,11 +82,31 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--json', default=None, help='write the results as JSON')
 
 
+def _bench_spec_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser('bench-spec', help='speculative decoding at live cadence: decoder passes, '
+                       'accepted drafts, wall time with and without, per backend')
+    p.add_argument('--model', required=True, help='checkpoint (transformers)')
+    p.add_argument('--onnx', default='', help='procvlm-export onnx folder of that checkpoint')
+    p.add_argument('--engine-dir', default='', help='procvlm-export trt folder (optional)')
+    p.add_argument('--backends', default='transformers,onnxruntime')
+    p.add_argument('--episodes', default='synthetic', choices=['synthetic', 'moving'],
+                   help='synthetic: procvlm_ros.synth episodes (demo model); moving: a sliding '
+                   'block in 64x48 frames (tiny model)')
+    p.add_argument('--seed', type=int, default=555)
+    p.add_argument('--count', type=int, default=6, help='episodes')
+    p.add_argument('--max-windows', type=int, default=0, help='per episode (0: all)')
+    p.add_argument('--max-draft', type=int, default=16, help='speculation_max_draft')
+    p.add_argument('--max-new-tokens', type=int, default=256)
+    p.add_argument('--threads', type=int, default=1, help='CPU threads (0: library defaults)')
+    p.add_argument('--label', default='', help='name of the run in the table')
+    p.add_argument('--json', default=None, help='write the results as JSON')
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='procvlm-export', description=__doc__.split('\n')[1])
     parser.add_argument('--quiet', action='store_true', help='no progress bars, warnings only')
     sub = parser.add_subparsers(dest='command', required=True)
-    for add in (_onnx_parser, _check_parser, _trt_parser, _bench_parser):
+    for add in (_onnx_parser, _check_parser, _trt_parser, _bench_parser, _bench_spec_parser):
         add(sub)
     return parser
 
@@ -95,7 +117,8 @@ def _cmd_onnx(args: argparse.Namespace) -> int:
     opts = OnnxExportOptions(model=args.model, out=Path(args.out), dtype=args.dtype,
                              max_frames=args.max_frames,
                              image_size=parse_image_size(args.image_size),
-                             max_context=args.max_context, prefill_chunk=args.prefill_chunk)
+                             max_context=args.max_context, prefill_chunk=args.prefill_chunk,
+                             max_verify_tokens=args.max_verify_tokens)
     manifest = export_onnx(opts, show_progress=not args.quiet)
     print(f'exported {manifest.folder} (export {manifest.export_id}, {manifest.dtype}, '
           f'limits {json.dumps(manifest.limits)})')
@@ -152,7 +175,23 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {'onnx': _cmd_onnx, 'check': _cmd_check, 'trt': _cmd_trt, 'bench': _cmd_bench}
+def _cmd_bench_spec(args: argparse.Namespace) -> int:
+    from procvlm_ros.export.spec_bench import format_table, run_spec_bench, SpecBenchOptions
+    results = run_spec_bench(SpecBenchOptions(
+        model=args.model, onnx=args.onnx, engine_dir=args.engine_dir,
+        backends=tuple(b.strip() for b in args.backends.split(',') if b.strip()),
+        episodes=args.episodes, seed=args.seed, count=args.count, max_windows=args.max_windows,
+        max_draft=args.max_draft, max_new_tokens=args.max_new_tokens, threads=args.threads,
+        label=args.label))
+    print(format_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + '\n')
+    bad = sum(r.get('mismatches', 0) for r in results['backends'].values())
+    return EXIT_MISMATCH if bad else 0
+
+
+COMMANDS = {'onnx': _cmd_onnx, 'check': _cmd_check, 'trt': _cmd_trt, 'bench': _cmd_bench,
+            'bench-spec': _cmd_bench_spec}
 
 
 def main(argv: list[str] | None = None) -> int:

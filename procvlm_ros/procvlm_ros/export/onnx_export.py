@@ -30,6 +30,7 @@ from procvlm_ros.core.backends.manifest import (
     ExportManifest,
     FORMAT,
     FORMAT_VERSION,
+    READABLE_VERSIONS,
     sha256_file,
 )
 from procvlm_ros.core.errors import BackendUnavailableError
@@ -48,6 +49,7 @@ _LOG = logging.getLogger(__name__)
 OPSET = 18
 DEFAULT_IMAGE_SIZE = (640, 480)
 PREFILL_CHUNK = 512
+MAX_VERIFY_TOKENS = 64  # last token + up to 63 draft tokens per verify pass
 VISION_IO = (['pixel_values', 'interp_indices', 'interp_weights', 'rope_pos'],
              ['image_embeds', 'deepstack'])
 DECODER_OUT = ['logits', 'next_token', 'new_kv']
@@ -67,6 +69,10 @@ class OnnxExportOptions:
     :param max_context: KV slots (prompt + generated); 0 derives it from the above.
     :param prefill_chunk: Most tokens per decoder call during prefill.
     :param cache_frames: Frames the vision cache holds; 0 = ``2 * max_frames``.
+    :param max_verify_tokens: Most tokens of one draft-verifying decoder pass (last token +
+        draft), recorded for the TensorRT verify profile.
+    :param format_version: Export format; 1 (no per-position logits, no speculation) only to
+        test that older folders still load.
     """
 
     model: str
@@ -77,6 +83,8 @@ class OnnxExportOptions:
     max_context: int = 0
     prefill_chunk: int = PREFILL_CHUNK
     cache_frames: int = 0
+    max_verify_tokens: int = MAX_VERIFY_TOKENS
+    format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
         if self.dtype not in ('fp32', 'fp16'):
@@ -85,6 +93,11 @@ class OnnxExportOptions:
             raise ExportError('--max-frames and --image-size must be positive')
         if self.prefill_chunk < 1 or self.max_context < 0 or self.cache_frames < 0:
             raise ExportError('--max-context, --prefill-chunk and cache sizes must be >= 0')
+        if not 2 <= self.max_verify_tokens <= self.prefill_chunk:
+            raise ExportError(f'--max-verify-tokens must be 2..prefill_chunk '
+                              f'({self.prefill_chunk}), got {self.max_verify_tokens}')
+        if self.format_version not in READABLE_VERSIONS:
+            raise ExportError(f'format_version must be one of {READABLE_VERSIONS}')
 
 
 def parse_image_size(text: str) -> tuple[int, int]:
@@ -138,7 +151,7 @@ def export_vision(model: Any, path: Path, grid: tuple[int, int], dtype: Any) -> 
     from torch.export import Dim
 
     from procvlm_ros.export.wrappers import wrapper_classes
-    vision_cls, _ = wrapper_classes()
+    vision_cls, _, _ = wrapper_classes()
     wrapper = vision_cls(model.model.visual).eval()
     gh, gw = grid
     patches = gh * gw
@@ -158,37 +171,47 @@ def export_vision(model: Any, path: Path, grid: tuple[int, int], dtype: Any) -> 
                           verbose=False)
 
 
-def decoder_input_names(layers: int) -> list[str]:
+def decoder_input_names(layers: int, format_version: int = FORMAT_VERSION) -> list[str]:
     names = ['input_ids', 'visual_index', 'image_embeds', 'deepstack', 'position_ids',
-             'past_length']
+             'past_length'] + (['logit_index'] if format_version >= 2 else [])
     return names + [f'past_{kind}_{i}' for i in range(layers) for kind in ('key', 'value')]
 
 
-def export_decoder(model: Any, path: Path, dtype: Any) -> None:
-    """Export ``DecoderForExport`` with dynamic ``seq``, ``bank_rows`` and ``cache_slots``."""
+def export_decoder(model: Any, path: Path, dtype: Any,
+                   format_version: int = FORMAT_VERSION) -> None:
+    """
+    Export the decoder with dynamic ``seq``, ``bank_rows``, ``cache_slots`` and (format 2)
+    ``heads``, the chunk positions whose logits and argmax are returned.
+    """
     import torch
     from torch.export import Dim
 
     from procvlm_ros.export.wrappers import wrapper_classes
-    _, decoder_cls = wrapper_classes()
-    wrapper = decoder_cls(model).eval()
+    _, decoder_cls, decoder_v1_cls = wrapper_classes()
+    wrapper = (decoder_cls if format_version >= 2 else decoder_v1_cls)(model).eval()
     layers, hidden = len(wrapper.layers), model.config.text_config.hidden_size
-    seq, rows, slots = 5, 11, 13
+    seq, rows, slots, heads = 5, 11, 13, 3
     cache = tuple(torch.zeros(1, wrapper.num_kv, slots, wrapper.head_dim, dtype=dtype)
                   for _ in range(2 * layers))
-    args = (torch.randint(0, 1000, (1, seq)), torch.zeros(1, seq, dtype=torch.long),
-            torch.randn(rows, hidden, dtype=dtype),
-            torch.randn(wrapper.num_deepstack, rows, hidden, dtype=dtype),
-            torch.randint(0, 20, (3, 1, seq)), torch.tensor([3]), cache)
+    args: tuple[Any, ...] = (
+        torch.randint(0, 1000, (1, seq)), torch.zeros(1, seq, dtype=torch.long),
+        torch.randn(rows, hidden, dtype=dtype),
+        torch.randn(wrapper.num_deepstack, rows, hidden, dtype=dtype),
+        torch.randint(0, 20, (3, 1, seq)), torch.tensor([3]))
     seq_dim, rows_dim = Dim('seq', min=1, max=1 << 20), Dim('bank_rows', min=1, max=1 << 24)
     slots_dim = Dim('cache_slots', min=1, max=1 << 20)
-    shapes = ({1: seq_dim}, {1: seq_dim}, {0: rows_dim}, {1: rows_dim}, {2: seq_dim}, None,
-              tuple({2: slots_dim} for _ in range(2 * layers)))
+    shapes: tuple[Any, ...] = ({1: seq_dim}, {1: seq_dim}, {0: rows_dim}, {1: rows_dim},
+                               {2: seq_dim}, None)
+    if format_version >= 2:
+        args += (torch.arange(seq - heads, seq),)
+        shapes += ({0: Dim('heads', min=1, max=1 << 20)},)
+    args += (cache,)
+    shapes += (tuple({2: slots_dim} for _ in range(2 * layers)),)
     with _quiet(), torch.no_grad():
         torch.onnx.export(wrapper, args, str(path), dynamo=True, opset_version=OPSET,
-                          input_names=decoder_input_names(layers), output_names=DECODER_OUT,
-                          dynamic_shapes=shapes, optimize=True, external_data=True,
-                          verbose=False)
+                          input_names=decoder_input_names(layers, format_version),
+                          output_names=DECODER_OUT, dynamic_shapes=shapes, optimize=True,
+                          external_data=True, verbose=False)
 
 
 def _dims(value_info: Any) -> list[int | str]:
@@ -253,6 +276,8 @@ def export_onnx(opts: OnnxExportOptions, show_progress: bool = True) -> ExportMa
     except BackendUnavailableError as e:
         raise ExportError(f'cannot load the processor of {path}: {e}') from e
     limits = compute_limits(opts, processor.image_processor)
+    if opts.format_version >= 2:
+        limits['max_verify_tokens'] = min(opts.max_verify_tokens, limits['prefill_chunk'])
     steps.update()
     step(f'loading weights ({opts.dtype})')
     import torch
@@ -268,13 +293,14 @@ def export_onnx(opts: OnnxExportOptions, show_progress: bool = True) -> ExportMa
     tmp.mkdir(parents=True)
     export_id = uuid.uuid4().hex
     try:
-        graphs = _export_graphs(model, tmp, limits, dtype, export_id, step, steps)
+        graphs = _export_graphs(model, tmp, limits, dtype, export_id, step, steps,
+                                opts.format_version)
         step('copying tokenizer/processor files and hashing the checkpoint')
         files = copy_processor_files(path, tmp)
         generation = json.loads((path / 'generation_config.json').read_text()) if (
             path / 'generation_config.json').is_file() else {}
         data = {
-            'format': FORMAT, 'format_version': FORMAT_VERSION, 'export_id': export_id,
+            'format': FORMAT, 'format_version': opts.format_version, 'export_id': export_id,
             'dtype': opts.dtype, 'opset': OPSET,
             'exporter': {'tool': 'torch.onnx.export(dynamo=True)', **versions()},
             'source': source_facts(opts.model, path), 'limits': limits,
@@ -297,7 +323,7 @@ def export_onnx(opts: OnnxExportOptions, show_progress: bool = True) -> ExportMa
 
 
 def _export_graphs(model: Any, tmp: Path, limits: dict[str, Any], dtype: Any, export_id: str,
-                   step: Any, steps: Any) -> dict[str, Any]:
+                   step: Any, steps: Any, format_version: int) -> dict[str, Any]:
     grid = tuple(limits['frame_grid'])
     step('exporting vision graph')
     try:
@@ -308,7 +334,7 @@ def _export_graphs(model: Any, tmp: Path, limits: dict[str, Any], dtype: Any, ex
     steps.update()
     step('exporting decoder graph')
     try:
-        export_decoder(model, tmp / 'decoder.onnx', dtype)
+        export_decoder(model, tmp / 'decoder.onnx', dtype, format_version)
     except Exception as e:  # see above
         raise ExportError(f'decoder graph export failed: {type(e).__name__}: '
                           f'{str(e)[:500]}') from e
@@ -317,5 +343,8 @@ def _export_graphs(model: Any, tmp: Path, limits: dict[str, Any], dtype: Any, ex
         'vision': finish_graph(tmp / 'vision.onnx', export_id,
                                {'image_embeds': {0: 'frames', 1: 'tokens'},
                                 'deepstack': {1: 'frames', 2: 'tokens'}}),
-        'decoder': finish_graph(tmp / 'decoder.onnx', export_id, {'new_kv': {4: 'seq'}}),
+        'decoder': finish_graph(tmp / 'decoder.onnx', export_id, {
+            'new_kv': {4: 'seq'},
+            **({'logits': {0: 'heads'}, 'next_token': {0: 'heads'}} if format_version >= 2
+               else {})}),
     }

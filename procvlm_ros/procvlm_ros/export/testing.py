@@ -23,21 +23,39 @@ def tiny_checkpoint(base: str | Path, seed: int = 7) -> Path:
 
 def tiny_export(base: str | Path, *, seed: int = 7, dtype: str = 'fp32',
                 image_size: tuple[int, int] = TINY_IMAGE_SIZE,
-                max_frames: int = 8) -> tuple[Path, Path]:
+                max_frames: int = 8, format_version: int | None = None) -> tuple[Path, Path]:
     """
     Build (once) the tiny checkpoint and its export; return ``(checkpoint, export folder)``.
 
     :param base: Folder shared by the callers (e.g. pytest's session base temp).
+    :param format_version: Export format (default: the current one).
     """
+    from procvlm_ros.core.backends.manifest import FORMAT_VERSION
     from procvlm_ros.export.onnx_export import export_onnx, OnnxExportOptions
     checkpoint = tiny_checkpoint(base, seed)
     width, height = image_size
-    out = Path(base) / f'export-{seed}-{dtype}-{width}x{height}-f{max_frames}'
+    version = format_version or FORMAT_VERSION
+    suffix = '' if version == FORMAT_VERSION else f'-v{version}'
+    out = Path(base) / f'export-{seed}-{dtype}-{width}x{height}-f{max_frames}{suffix}'
     if not (out / 'manifest.json').is_file():
         export_onnx(OnnxExportOptions(model=str(checkpoint), out=out, dtype=dtype,
-                                      max_frames=max_frames, image_size=image_size),
+                                      max_frames=max_frames, image_size=image_size,
+                                      format_version=version),
                     show_progress=False)
     return checkpoint, out
+
+
+def demo_export(base: str | Path, *, format_version: int | None = None) -> Path:
+    """Build (once) the ONNX export of the committed demo model (160x120 frames, 8 frames)."""
+    from procvlm_ros.core.backends.manifest import FORMAT_VERSION
+    from procvlm_ros.demo_model import CHECKPOINT_DIR
+    from procvlm_ros.export.onnx_export import export_onnx, OnnxExportOptions
+    version = format_version or FORMAT_VERSION
+    out = Path(base) / f'demo-export-v{version}'
+    if not (out / 'manifest.json').is_file():
+        export_onnx(OnnxExportOptions(model=str(CHECKPOINT_DIR), out=out, image_size=(160, 120),
+                                      format_version=version), show_progress=False)
+    return out
 
 
 def write_fake_export(folder: str | Path, *, export_id: str = 'fake-export',

@@ -13,8 +13,10 @@ cache keys and stale-engine detection, the LM-head split) are tested on CPU. See
   ``--dtype fp16`` export; ``int8`` needs explicit Q/DQ nodes (e.g. from NVIDIA ModelOpt),
   which ``procvlm-export onnx`` does not produce, so it is refused with that reason.
 - Profiles come from the manifest: vision ``frames`` 1..max_frames at the export's patch count;
-  decoder profile 0 = prefill (``seq`` 1..prefill_chunk), profile 1 = decode (``seq`` 1), both
-  with ``cache_slots`` 1..max_context and the fixed feature-bank size.
+  decoder profile 0 = prefill (``seq`` 1..prefill_chunk, logits of one position), profile 1 =
+  decode (``seq`` 1), and for format-2 exports profile 2 = draft verification (``seq`` and
+  ``logit_index`` 2..max_verify_tokens, tuned at 17), all with ``cache_slots`` 1..max_context
+  and the fixed feature-bank size.
 - Engines are cached under a key of ONNX hash, export id, TensorRT version, GPU name, compute
   capability, L4T release, precision, profiles and options; a matching engine is reused, a
   stale or foreign one rebuilt (or refused with every reason when ``--no-rebuild``); engine and
@@ -43,6 +45,7 @@ from procvlm_ros.export.facts import PROCESSOR_FILES
 
 _LOG = logging.getLogger(__name__)
 PRECISIONS = ('fp16', 'int8', 'fp32')
+VERIFY_OPT = 17  # verify profile's tuned size: the last token + the default 16 draft tokens
 _QDQ = {'QuantizeLinear', 'DequantizeLinear'}
 
 
@@ -109,17 +112,25 @@ def profiles(manifest: ExportManifest) -> dict[str, list[dict[str, list[list[int
         vision[name] = [[4, width], [patches, width], [patches, width]]
     prompt = min(chunk, frames * (lim['max_tokens_per_frame'] + 2) + 64)
 
-    def decoder(seq: tuple[int, int, int]) -> dict[str, list[list[int]]]:
+    def decoder(seq: tuple[int, int, int],
+                heads: tuple[int, int, int]) -> dict[str, list[list[int]]]:
         shapes = {'input_ids': [[1, s] for s in seq], 'visual_index': [[1, s] for s in seq],
                   'position_ids': [[3, 1, s] for s in seq],
                   'image_embeds': [[rows, hidden]] * 3, 'deepstack': [[k, rows, hidden]] * 3}
+        if manifest.verifies_drafts:
+            shapes['logit_index'] = [[h] for h in heads]
         cache = [[1, int(md['num_kv_heads']), c, int(md['head_dim'])]
                  for c in (1, min(ctx, prompt + 128), ctx)]
         for i in range(int(md['num_layers'])):
             shapes[f'past_key_{i}'] = shapes[f'past_value_{i}'] = cache
         return shapes
 
-    return {'vision': [vision], 'decoder': [decoder((1, prompt, chunk)), decoder((1, 1, 1))]}
+    decoders = [decoder((1, prompt, chunk), (1, 1, 1)), decoder((1, 1, 1), (1, 1, 1))]
+    verify = int(lim.get('max_verify_tokens', 0)) if manifest.verifies_drafts else 0
+    if verify >= 2:  # draft verification: every position's argmax, 2..verify tokens
+        opt = min(verify, VERIFY_OPT)
+        decoders.append(decoder((2, opt, verify), (2, opt, verify)))
+    return {'vision': [vision], 'decoder': decoders}
 
 
 # ---------------------------------------------------------------- LM-head split

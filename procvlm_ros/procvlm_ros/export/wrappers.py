@@ -10,7 +10,9 @@ Traceable wrappers around the Qwen3-VL sub-modules (``qwen3vl-export.md`` sectio
   preallocated input ``[1, kv, C, hd]`` per layer that the graph only reads (slots at or beyond
   ``past_length`` are masked); the graph returns the K/V rows of the new tokens only, which the
   host writes into the cache. Attention is split into a cache part and a new-token part so the
-  cache is never concatenated or copied inside the graph.
+  cache is never concatenated or copied inside the graph. The LM head runs on the chunk
+  positions listed in ``logit_index`` (the last one in prefill, all of them when a draft is
+  verified), returning their logits and argmax (export format 2).
 
 Every module reuses the HF sub-modules and weights; only the control flow is rewritten.
 torch is imported inside functions only.
@@ -23,8 +25,11 @@ from typing import Any
 
 
 @functools.cache
-def wrapper_classes() -> tuple[type, type]:
-    """Return ``(VisionForExport, DecoderForExport)``; defined lazily to keep torch optional."""
+def wrapper_classes() -> tuple[type, type, type]:
+    """
+    Return ``(VisionForExport, DecoderForExport, DecoderForExportV1)``; defined lazily to keep
+    torch optional.
+    """
     import torch
     from torch import nn
 
@@ -134,8 +139,20 @@ def wrapper_classes() -> tuple[type, type]:
             return torch.cat([cache_part, new_part], dim=-1).to(torch.float32)
 
         def forward(self, input_ids: Any, visual_index: Any, image_embeds: Any, deepstack: Any,
-                    position_ids: Any, past_length: Any,
+                    position_ids: Any, past_length: Any, logit_index: Any,
                     cache: tuple[Any, ...]) -> tuple[Any, Any, Any]:
+            h, new_kv = self._body(input_ids, visual_index, image_embeds, deepstack,
+                                   position_ids, past_length, cache)
+            # The head on the chosen chunk positions only: the last one in prefill, every one
+            # when verifying a draft (format 2). A plain Gather, no data-dependent shapes.
+            rows = self.norm(h[0].index_select(0, logit_index))  # (K, H)
+            # W @ h^T reads the (V, H) weight as stored: a tied embedding/lm_head table stays
+            # one initializer (h @ W^T would be folded into a transposed copy by the exporter).
+            logits = torch.matmul(self.lm_head.weight, rows.t()).t().float()  # (K, V)
+            return logits, torch.argmax(logits, dim=-1), new_kv
+
+        def _body(self, input_ids: Any, visual_index: Any, image_embeds: Any, deepstack: Any,
+                  position_ids: Any, past_length: Any, cache: tuple[Any, ...]) -> tuple[Any, Any]:
             text = self.embed_tokens(input_ids)  # (1, S, H)
             # Plain Gathers (no GatherND): bank row 0 is zeros, so text positions read zeros.
             vis = nn.functional.embedding(visual_index, image_embeds).to(text.dtype)
@@ -150,10 +167,18 @@ def wrapper_classes() -> tuple[type, type]:
                 new_kv.append(torch.stack([k, v]))
                 if i < self.num_deepstack:
                     h = h + ds[i][None]
-            last = self.norm(h[:, -1])  # (1, H)
-            # W @ h^T reads the (V, H) weight as stored: a tied embedding/lm_head table stays
-            # one initializer (h @ W^T would be folded into a transposed copy by the exporter).
-            logits = torch.matmul(self.lm_head.weight, last.t()).t().float()  # (1, V)
-            return logits, torch.argmax(logits, dim=-1), torch.stack(new_kv)
+            return h, torch.stack(new_kv)
 
-    return VisionForExport, DecoderForExport
+    class DecoderForExportV1(DecoderForExport):
+        """Format 1 decoder (logits of the last position only), for compatibility tests."""
+
+        def forward(self, input_ids: Any, visual_index: Any, image_embeds: Any, deepstack: Any,
+                    position_ids: Any, past_length: Any,
+                    cache: tuple[Any, ...]) -> tuple[Any, Any, Any]:
+            h, new_kv = self._body(input_ids, visual_index, image_embeds, deepstack,
+                                   position_ids, past_length, cache)
+            last = self.norm(h[:, -1])  # (1, H)
+            logits = torch.matmul(self.lm_head.weight, last.t()).t().float()  # (1, V)
+            return logits, torch.argmax(logits, dim=-1), new_kv
+
+    return VisionForExport, DecoderForExport, DecoderForExportV1

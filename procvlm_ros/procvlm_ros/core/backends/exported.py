@@ -12,7 +12,10 @@ per-frame vision caching, preallocated buffers and the greedy loop.
   ``max_new_tokens`` rounded up to 64 (at most ``max_context``); the decoder reads it by pointer
   and only the new K/V rows are written back, so the cache is never copied or reallocated.
 - Prefill runs in chunks of at most ``prefill_chunk`` tokens, then greedy decoding with the
-  reference's stop rules.
+  reference's stop rules. With a draft (the previous window's answer) and a format-2 export,
+  each decoder pass verifies up to ``speculation_max_draft`` draft tokens (:mod:`speculation`);
+  only the accepted positions' K/V rows are written into the cache, so the next pass
+  overwrites the slots of rejected ones.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from procvlm_ros.core.backends import qwen3vl_inputs as qin
+from procvlm_ros.core.backends import speculation as spec
 from procvlm_ros.core.backends.base import Backend, GenerationRequest, GenerationResult
 from procvlm_ros.core.backends.frame_features import frame_features
 from procvlm_ros.core.backends.graph_runtime import Buffers, Dims, GraphRuntime, LoadedExport
@@ -41,6 +45,7 @@ from procvlm_ros.core.prompt import build_messages, build_prompt
 
 _LOG = logging.getLogger(__name__)
 CONTEXT_ROUND = 64  # KV capacity granularity: a stable C keeps runtime bindings reusable
+MAX_PHASES = 16  # decoder shapes whose bindings are kept (prefill chunks, decode, verify sizes)
 
 
 class ExportedBackend(Backend):
@@ -57,8 +62,10 @@ class ExportedBackend(Backend):
         self._cfg = config
         self._s: LoadedExport | None = None
         self._stats_cache = VisionCache(0, 0)  # statistics survive close()
-        self._phases: dict[tuple[int, int], tuple[Any, ...]] = {}
-        self.step_times: list[float] = []  # per decode step of the last generate(), seconds
+        self._phases: dict[tuple[int, int, int], tuple[Any, ...]] = {}
+        self.step_times: list[float] = []  # per decoder pass of the last generate(), seconds
+        self._told_plain = False  # "speculation off" is logged once
+        self._graph_s = 0.0  # time inside run_decoder during the decode passes (host cost: rest)
         # Benchmarks only: generate exactly max_new_tokens (eos does not stop the loop).
         self.ignore_eos = False
 
@@ -146,7 +153,7 @@ class ExportedBackend(Backend):
         t1 = time.perf_counter()
         token = self._prefill(s, ids, vis, positions, slots)
         t2 = time.perf_counter()
-        tokens = self._decode(s, token, ids, delta, slots)
+        tokens, stats = self._decode(s, token, ids, delta, slots, request.draft_token_ids)
         t3 = time.perf_counter()
         text = s.processor.batch_decode(
             [tokens], skip_special_tokens=True, clean_up_tokenization_spaces=False)[0]
@@ -157,7 +164,10 @@ class ExportedBackend(Backend):
                      'prefill_s': t2 - t1, 'decode_s': t3 - t2,
                      'vision_frames_encoded': float(encoded),
                      'vision_frames_reused': float(len(images) - encoded),
-                     'vision_cache_hit_rate': s.cache.stats()['hit_rate']})
+                     'vision_cache_hit_rate': s.cache.stats()['hit_rate'],
+                     'decoder_graph_s': self._graph_s},
+            decoder_passes=stats.decoder_passes,
+            draft_tokens_accepted=stats.draft_tokens_accepted)
 
     @staticmethod
     def _check_window(s: LoadedExport, images: list[Image.Image],
@@ -193,46 +203,87 @@ class ExportedBackend(Backend):
 
     # ------------------------------------------------------------ decoder
     def _run_chunk(self, s: LoadedExport, start: int, ids: npt.NDArray[np.int64],
-                   vis: npt.NDArray[np.int64], pos: npt.NDArray[np.int64], slots: int) -> None:
-        """Feed ``len(ids)`` tokens at cache slots ``start...``; their K/V go into the cache."""
+                   vis: npt.NDArray[np.int64], pos: npt.NDArray[np.int64], slots: int,
+                   heads: int = 1) -> tuple[Any, Any, Any]:
+        """
+        Feed ``len(ids)`` tokens at cache slots ``start...``; the head runs on the last
+        ``heads`` of them. Returns ``(outputs, cache view, new K/V view)``; the caller writes the
+        K/V rows it keeps into the cache (:meth:`_commit`).
+        """
         a, b, seq = s.runtime.arrays, s.buf, int(ids.size)
-        phase = (seq, slots)
-        if phase not in self._phases:
-            if len(self._phases) >= 4:  # prefill chunk shapes vary; keep the recent few
+        phase = (seq, slots, heads)
+        bindings = self._phases.get(phase)
+        if bindings is None:
+            if len(self._phases) >= MAX_PHASES:  # chunk shapes vary; keep the recent ones
                 self._phases.pop(next(iter(self._phases)))
-            self._phases[phase] = b.decoder_bindings(seq, slots)
-        inputs, outputs, kv, new = self._phases[phase]
+            bindings = self._phases[phase] = b.decoder_bindings(seq, slots, heads)
+        inputs, outputs, kv, new = bindings
         b.ids.host[:seq], b.vis.host[:seq] = ids, vis
         b.pos.host[:3 * seq] = pos.reshape(-1)
         b.past.host[0] = start
-        for staged, count in ((b.ids, seq), (b.vis, seq), (b.pos, 3 * seq), (b.past, 1)):
-            a.push(staged, count)
+        a.push(b.ids, seq)
+        a.push(b.vis, seq)
+        a.push(b.pos, 3 * seq)
+        a.push(b.past, 1)
+        if s.dims.per_position:
+            b.heads.host[:heads] = np.arange(seq - heads, seq)
+            a.push(b.heads, heads)
+        t0 = time.perf_counter()
         s.runtime.run_decoder(inputs, outputs, phase)
-        a.copy(kv[:, :, :, :, start:start + seq], new)
+        self._graph_s += time.perf_counter() - t0
+        return outputs, kv, new
 
     @staticmethod
-    def _next_token(s: LoadedExport, seen: Sequence[int]) -> int:
+    def _commit(s: LoadedExport, kv: Any, new: Any, start: int, count: int) -> None:
+        """Write the first ``count`` new K/V rows into cache slots ``start...``."""
+        s.runtime.arrays.copy(kv[:, :, :, :, start:start + count], new[:, :, :, :, :count])
+
+    @staticmethod
+    def _chooser(s: LoadedExport, outputs: dict[str, Any], seen: list[int],
+                 draft: Sequence[int]) -> Any:
+        """``predict(i)``: greedy id at head position ``i`` (repetition penalty applied)."""
+        a = s.runtime.arrays
         if not s.greedy.needs_logits:
-            return s.runtime.arrays.item(s.buf.next)  # the graph's argmax
-        logits = s.runtime.arrays.to_host(s.buf.logits)
-        return penalised_argmax(logits, seen, s.greedy.repetition_penalty)
+            return a.to_host(outputs['next_token']).tolist().__getitem__  # the graph's argmax
+        logits = a.to_host(outputs['logits'])
+        penalty = s.greedy.repetition_penalty
+        return lambda i: penalised_argmax(logits[i].copy(), seen + list(draft[:i]), penalty)
 
     def _prefill(self, s: LoadedExport, ids: npt.NDArray[np.int64], vis: npt.NDArray[np.int64],
                  positions: npt.NDArray[np.int64], slots: int) -> int:
+        outputs: dict[str, Any] = {}
         for start in range(0, ids.size, s.dims.chunk):
             end = min(ids.size, start + s.dims.chunk)
-            self._run_chunk(s, start, ids[start:end], vis[start:end], positions[:, start:end],
-                            slots)
-        return self._next_token(s, ids.tolist())
+            outputs, kv, new = self._run_chunk(s, start, ids[start:end], vis[start:end],
+                                               positions[:, start:end], slots)
+            self._commit(s, kv, new, start, end - start)
+        return int(self._chooser(s, outputs, ids.tolist(), ())(0))
 
-    def _decode(self, s: LoadedExport, token: int, ids: npt.NDArray[np.int64], delta: int,
-                slots: int) -> list[int]:
+    def _max_draft(self, s: LoadedExport, source: Sequence[int] | None) -> int:
+        """Draft ids per pass: 0 when speculation is off, impossible or has no source."""
+        if not (self._cfg.speculation and source):
+            return 0
+        if not s.dims.per_position:
+            if not self._told_plain:
+                _LOG.info('speculation off: export %s is format %d, whose decoder returns only '
+                          'the last position; re-export with procvlm-export onnx for drafts',
+                          s.manifest.export_id, s.manifest.format_version)
+                self._told_plain = True
+            return 0
+        return min(self._cfg.speculation_max_draft, s.dims.max_verify - 1)
+
+    def _decode(self, s: LoadedExport, first: int, ids: npt.NDArray[np.int64], delta: int,
+                slots: int, source: Sequence[int] | None = None
+                ) -> tuple[list[int], spec.SpeculationStats]:
         g = s.greedy
-        tokens = [token]
-        zero = np.zeros(1, np.int64)
         self.step_times = []
-        seen = ids.tolist() + tokens if g.needs_logits else []
-        while len(tokens) < g.max_new_tokens and (self.ignore_eos or not g.is_stop(token)):
+        self._graph_s = 0.0
+        seen = ids.tolist() if g.needs_logits else []
+        zeros = np.zeros(s.dims.max_verify, np.int64)
+        pending: list[Any] = []
+        max_draft = self._max_draft(s, source)
+
+        def run_pass(tokens: list[int], draft: list[int]) -> Any:
             slot = ids.size + len(tokens) - 1
             if slot >= slots:
                 raise BackendError(
@@ -241,11 +292,19 @@ class ExportedBackend(Backend):
                     f'{ids.size} tokens); re-export with a larger --max-context or lower '
                     'max_new_tokens')
             t0 = time.perf_counter()
-            pos = np.full((3, 1), slot + delta, np.int64)
-            self._run_chunk(s, slot, np.array([token], np.int64), zero, pos, slots)
-            token = self._next_token(s, seen)
+            seq = 1 + len(draft)
+            feed = np.array([tokens[-1], *draft], np.int64)
+            pos = np.broadcast_to(np.arange(slot + delta, slot + delta + seq), (3, seq))
+            outputs, kv, new = self._run_chunk(s, slot, feed, zeros[:seq], pos, slots, seq)
+            pending[:] = [t0, kv, new, slot]
+            return self._chooser(s, outputs, seen + tokens if g.needs_logits else seen, draft)
+
+        def commit(kept: int) -> None:
+            t0, kv, new, slot = pending
+            self._commit(s, kv, new, slot, kept)
             self.step_times.append(time.perf_counter() - t0)
-            tokens.append(token)
-            if g.needs_logits:
-                seen.append(token)
-        return tokens
+
+        return spec.speculative_greedy(
+            first, source if max_draft else None, max_draft, g.max_new_tokens,
+            lambda t: not self.ignore_eos and g.is_stop(t), run_pass, commit,
+            stop_ids=() if self.ignore_eos else g.eos_token_ids, room=slots - ids.size)

@@ -12,8 +12,8 @@ capacities of the manifest's limits:
 - the per-call inputs (token ids, bank rows, positions, past length, pixels, geometry) are
   staged pairs of host and device arrays of their largest size.
 
-:func:`decoder_bindings` returns the views for one (new tokens, cache slots) shape; the same
-shape gives the same pointers, so runtimes keep their bindings between decode steps.
+:func:`decoder_bindings` returns the views for one (new tokens, cache slots, head positions)
+shape; the same shape gives the same pointers, so runtimes keep their bindings between passes.
 """
 
 from __future__ import annotations
@@ -42,8 +42,11 @@ class GraphRuntime(abc.ABC):
 
     @abc.abstractmethod
     def run_decoder(self, inputs: dict[str, Any], outputs: dict[str, Any],
-                    phase: tuple[int, int]) -> None:
-        """Run the decoder; ``phase`` = (new tokens, cache slots) identifies reusable bindings."""
+                    phase: tuple[int, int, int]) -> None:
+        """
+        Run the decoder; ``phase`` = (new tokens, cache slots, head positions) identifies
+        reusable bindings.
+        """
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -69,6 +72,10 @@ class Dims:
     tokens_per_frame: int
     cache_frames: int
     dtype: str
+    # Format 2: the decoder returns the argmax (and logits) of the ``logit_index`` positions,
+    # at most ``max_verify`` of them; format 1: of the last position only (max_verify 1).
+    per_position: bool = False
+    max_verify: int = 1
 
     @classmethod
     def from_manifest(cls, m: ExportManifest) -> Dims:
@@ -79,7 +86,8 @@ class Dims:
                    int(md['num_grid_per_side']), int(lim['max_context']),
                    int(lim['prefill_chunk']), int(lim['max_frames']),
                    int(lim['max_tokens_per_frame']), int(lim['cache_frames']),
-                   _DTYPES[m.dtype])
+                   _DTYPES[m.dtype], m.verifies_drafts,
+                   int(lim.get('max_verify_tokens', 1)) if m.verifies_drafts else 1)
 
 
 class Buffers:
@@ -98,8 +106,9 @@ class Buffers:
         self.new_kv = a.zeros(kv_row * d.chunk, d.dtype)
         self.bank = a.zeros(bank_rows * d.hidden, d.dtype)  # row 0 stays zero
         self.ds_bank = a.zeros(d.deepstack * bank_rows * d.hidden, d.dtype)
-        self.logits = a.zeros(d.vocab, 'float32')
-        self.next = a.zeros(1, 'int64')
+        self.logits = a.zeros(d.max_verify * d.vocab, 'float32')
+        self.next = a.zeros(d.max_verify, 'int64')
+        self.heads: Staged = a.staged(d.max_verify, 'int64')
         self.ids: Staged = a.staged(d.chunk, 'int64')
         self.vis: Staged = a.staged(d.chunk, 'int64')
         self.pos: Staged = a.staged(3 * d.chunk, 'int64')
@@ -132,9 +141,13 @@ class Buffers:
                    'deepstack': a.view(self.ds_out, (d.deepstack, frames, tokens, d.hidden))}
         return inputs, outputs
 
-    def decoder_bindings(self, seq: int, slots: int) -> tuple[dict[str, Any], dict[str, Any],
-                                                              Any, Any]:
-        """Inputs, outputs, the cache view and the new-K/V view for one decoder shape."""
+    def decoder_bindings(self, seq: int, slots: int,
+                         heads: int = 1) -> tuple[dict[str, Any], dict[str, Any], Any, Any]:
+        """
+        Inputs, outputs, the cache view and the new-K/V view for one decoder shape.
+
+        :param heads: Chunk positions whose logits/argmax the graph returns (format 2).
+        """
         a, d = self.arrays, self.dims
         kv = a.view(self.kv, (d.layers, 2, 1, d.kv_heads, slots, d.head_dim))
         bank, ds_bank = self.bank_views()
@@ -143,12 +156,14 @@ class Buffers:
                   'image_embeds': bank, 'deepstack': ds_bank,
                   'position_ids': a.view(self.pos.dev, (3, 1, seq)),
                   'past_length': a.view(self.past.dev, (1,))}
+        if d.per_position:
+            inputs['logit_index'] = a.view(self.heads.dev, (heads,))
         for i in range(d.layers):
             inputs[f'past_key_{i}'] = kv[i, 0]
             inputs[f'past_value_{i}'] = kv[i, 1]
         new = a.view(self.new_kv, (d.layers, 2, 1, d.kv_heads, seq, d.head_dim))
-        outputs = {'logits': a.view(self.logits, (1, d.vocab)),
-                   'next_token': a.view(self.next, (1,)), 'new_kv': new}
+        outputs = {'logits': a.view(self.logits, (heads, d.vocab)),
+                   'next_token': a.view(self.next, (heads,)), 'new_kv': new}
         return inputs, outputs, kv, new
 
 

@@ -22,7 +22,10 @@ from procvlm_ros.core.errors import BackendUnavailableError
 
 MANIFEST_NAME = 'manifest.json'
 FORMAT = 'procvlm-export'
-FORMAT_VERSION = 1
+# 2: the decoder takes ``logit_index`` and returns logits/argmax of those chunk positions
+# (draft verification, issue 11); 1: logits of the last position only (no speculation).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 GRAPHS = ('vision', 'decoder')
 # Key of the export id in each ONNX graph's metadata_props (and in TensorRT engine sidecars).
 EXPORT_ID_KEY = 'procvlm_export_id'
@@ -94,10 +97,11 @@ class ExportManifest:
             raise BackendUnavailableError(f'{path} is not readable JSON: {e}') from e
         if not isinstance(data, dict) or data.get('format') != FORMAT:
             raise BackendUnavailableError(f'{path} is not a {FORMAT} manifest')
-        if data.get('format_version') != FORMAT_VERSION:
+        if data.get('format_version') not in READABLE_VERSIONS:
             raise BackendUnavailableError(
                 f'{path} has format_version {data.get("format_version")!r}; this procvlm_ros '
-                f'reads version {FORMAT_VERSION}: re-export with this version')
+                f'reads versions {", ".join(map(str, READABLE_VERSIONS))}: re-export with this '
+                'version')
         missing = [k for k in ('export_id', 'dtype', 'graphs', 'limits', 'model', 'tokens')
                    if k not in data]
         if missing or any(g not in data['graphs'] for g in GRAPHS):
@@ -112,6 +116,15 @@ class ExportManifest:
     @property
     def export_id(self) -> str:
         return str(self.data['export_id'])
+
+    @property
+    def format_version(self) -> int:
+        return int(self.data['format_version'])
+
+    @property
+    def verifies_drafts(self) -> bool:
+        """Whether the decoder returns every chunk position's argmax (format 2 and later)."""
+        return self.format_version >= 2
 
     @property
     def dtype(self) -> str:

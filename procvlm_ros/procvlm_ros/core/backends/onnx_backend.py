@@ -30,6 +30,7 @@ ORT_TYPES = {'tensor(float)': 'float32', 'tensor(float16)': 'float16',
              'tensor(int64)': 'int64', 'tensor(int32)': 'int32', 'tensor(bool)': 'bool'}
 CUDA_EP = 'CUDAExecutionProvider'
 THREADS_ENV = 'PROCVLM_ORT_INTRA_OP_THREADS'  # optional CPU thread count (default: ORT's)
+MAX_BINDINGS = 16  # decoder IO bindings kept (as many shapes as the backend keeps views for)
 
 
 def _cuda_index(device: str) -> int:
@@ -92,8 +93,9 @@ class OrtRuntime(GraphRuntime):
             options.intra_op_num_threads = int(threads)
         self.sessions = {name: self._open(manifest, name, options) for name in ('vision',
                                                                                 'decoder')}
-        self._decoder_io = self.sessions['decoder'].io_binding()
-        self._phase: tuple[int, int] | None = None
+        # One IO binding per decoder shape (prefill chunk, decode, each verify length): a pass
+        # of a shape seen before binds nothing (issue 11: per-pass host cost).
+        self._decoder_io: dict[tuple[int, int, int], Any] = {}
 
     def _open(self, manifest: ExportManifest, name: str, options: Any) -> Any:
         path = manifest.graph_path(name)
@@ -127,17 +129,18 @@ class OrtRuntime(GraphRuntime):
         self.sessions['vision'].run_with_iobinding(io)
 
     def run_decoder(self, inputs: dict[str, Any], outputs: dict[str, Any],
-                    phase: tuple[int, int]) -> None:
-        if phase != self._phase:  # same shapes -> same pointers: keep the bindings
-            self._decoder_io.clear_binding_inputs()
-            self._decoder_io.clear_binding_outputs()
-            self._bind(self._decoder_io, inputs, outputs)
-            self._phase = phase
-        self.sessions['decoder'].run_with_iobinding(self._decoder_io)
+                    phase: tuple[int, int, int]) -> None:
+        io = self._decoder_io.get(phase)  # same shapes -> same pointers: keep the bindings
+        if io is None:
+            if len(self._decoder_io) >= MAX_BINDINGS:
+                self._decoder_io.pop(next(iter(self._decoder_io)))
+            io = self._decoder_io[phase] = self.sessions['decoder'].io_binding()
+            self._bind(io, inputs, outputs)
+        self.sessions['decoder'].run_with_iobinding(io)
 
     def close(self) -> None:
         self.sessions.clear()
-        self._phase = None
+        self._decoder_io.clear()
 
 
 class OnnxRuntimeBackend(ExportedBackend):

@@ -118,7 +118,8 @@ def speculative_greedy(first: int, source: Sequence[int] | None, max_draft: int,
                        max_new_tokens: int, is_stop: Callable[[int], bool],
                        run_pass: Callable[[list[int], list[int]], Callable[[int], int]],
                        commit: Callable[[int], None] | None = None,
-                       stop_ids: Sequence[int] = ()) -> tuple[list[int], SpeculationStats]:
+                       stop_ids: Sequence[int] = (),
+                       room: int | None = None) -> tuple[list[int], SpeculationStats]:
     """
     The backend-independent greedy loop with drafts (plain greedy when ``source`` is empty).
 
@@ -131,6 +132,7 @@ def speculative_greedy(first: int, source: Sequence[int] | None, max_draft: int,
         at the next cache slots and returns ``predict`` for :func:`verify`.
     :param commit: ``commit(kept)``: the pass's first ``kept`` positions (the last token and the
         accepted draft ids) are now part of the sequence; later positions are stale.
+    :param room: Generated ids the KV cache can hold (drafts never need more than that).
     :returns: ``(generated ids, stats)``.
     """
     tokens = [int(first)]
@@ -139,6 +141,8 @@ def speculative_greedy(first: int, source: Sequence[int] | None, max_draft: int,
     src = list(source or ())
     while len(tokens) < max_new_tokens and not is_stop(tokens[-1]):
         k = budget(length.current, len(tokens), max_new_tokens)
+        if room is not None:
+            k = max(0, min(k, room - len(tokens)))
         draft = propose(src, tokens, k, stop_ids) if src and k else []
         predict = run_pass(tokens, draft)
         accepted, nxt = verify(draft, predict)

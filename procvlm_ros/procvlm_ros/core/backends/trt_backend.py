@@ -44,6 +44,19 @@ def _trt_dtype_names(trt: Any) -> dict[Any, str]:
             trt.DataType.INT64: 'int64', trt.DataType.INT32: 'int32', trt.DataType.BOOL: 'bool'}
 
 
+def decoder_profile(phase: tuple[int, int, int], profiles: int) -> int:
+    """
+    Decoder profile for a pass (``trt_build.profiles``): 1 = one-token decode, 2 = draft
+    verification (every position's logits), 0 = prefill chunks (logits of the last one).
+    """
+    seq, _, heads = phase
+    if seq == 1 and profiles > 1:
+        return 1
+    if heads > 1 and profiles > 2:
+        return 2
+    return 0
+
+
 class TrtRuntime(GraphRuntime):
     """
     Deserialised engines with one execution context per decoder profile.
@@ -76,7 +89,7 @@ class TrtRuntime(GraphRuntime):
                           for _ in range(decoder.num_optimization_profiles)]
         for i, ctx in enumerate(self._contexts):
             ctx.set_optimization_profile_async(i, stream)
-        self._bound: list[tuple[int, int] | None] = [None] * len(self._contexts)
+        self._bound: list[tuple[int, int, int] | None] = [None] * len(self._contexts)
 
     def _load(self, path: Path, graph: str) -> Any:
         engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
@@ -106,8 +119,8 @@ class TrtRuntime(GraphRuntime):
         self._execute(self._vision, 'vision')
 
     def run_decoder(self, inputs: dict[str, Any], outputs: dict[str, Any],
-                    phase: tuple[int, int]) -> None:
-        index = 1 if phase[0] == 1 and len(self._contexts) > 1 else 0  # profile 1 = decode
+                    phase: tuple[int, int, int]) -> None:
+        index = decoder_profile(phase, len(self._contexts))
         if self._bound[index] != phase:
             self._bind(self._contexts[index], inputs, outputs)
             self._bound[index] = phase
