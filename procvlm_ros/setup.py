@@ -9,7 +9,8 @@ setup(
     version='0.1.0',
     packages=find_packages(exclude=['test', 'test.*']),
     package_data={'procvlm_ros.core': ['templates/*.txt'],
-                  'procvlm_ros.demo_model': ['checkpoint/*']},
+                  'procvlm_ros.demo_model': ['checkpoint/*'],
+                  'procvlm_ros.adapt': ['annotator.html']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
         ('share/' + PACKAGE, ['package.xml']),
@@ -40,6 +41,7 @@ setup(
             'procvlm-synth = procvlm_ros.synth.cli:main',
             'procvlm-eval = procvlm_ros.evaluation.cli:main',
             'procvlm-visualize = procvlm_ros.cli.visualize:main',
+            'procvlm-adapt = procvlm_ros.adapt.cli:main',
             'procvlm-label = procvlm_ros.label.cli:main',
         ],
     },

@@ -1,0 +1,391 @@
+"""
+``procvlm-adapt train``: a LoRA adapter (peft) from an official one-shot data set.
+
+Default = the official one-shot recipe (``lora_oneshot.sh`` -> ``train_qwen.py``, see
+``procvlm-reference.md`` 5.2): LoRA r 64, alpha 128, dropout 0.05 on the language model's
+q/k/v/o projections (vision tower and merger frozen), AdamW lr 1e-5, weight decay 0.01,
+3 epochs, batch 4 x accumulation 2, linear warm-up over 5 % of the steps then linear decay,
+gradient clipping 1.0, processor pixel limits 32^2..512^2 (saved with the adapter, as
+officially), and a value-head loss ``0.1 * L1(sigmoid(1.2 z - 0.1), progress)`` with the pooler
+and head trainable (head dropout 0.05, noise 0.02 on the pooled vector).
+
+``--preset demo`` is for the 1.58 M-parameter demo model (about 1,000x smaller than
+ProcVLM-2B, no value head): rank 16, lr 2e-3, 120 steps of batch 8; see ``PRESETS``.
+
+Inputs are built the way inference builds them (images pre-resized like qwen-vl-utils with
+patch 14, images first, the checkpoint's chat template, the answer tokenised on its own and
+closed by ``<|im_end|>``), not with the official ``<image>\\n`` text; the loss is the mean
+cross-entropy over the answer tokens. Reproducible: same seed, data, arguments, thread count and
+library versions give the same adapter.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, fields, replace
+import json
+import logging
+import math
+from pathlib import Path
+import random
+import re
+import time
+from typing import Any
+
+from procvlm_ros.core.errors import ConfigError
+
+_LOG = logging.getLogger(__name__)
+LOG_NAME = 'training_log.jsonl'
+TARGETS = ('q_proj', 'k_proj', 'v_proj', 'o_proj')
+_PROGRESS = re.compile(r'<progress>\s*([+-]?\d+(?:\.\d+)?)\s*%?\s*</progress>', re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Every knob of a run; ``PRESETS`` hold the official recipe and the demo model's."""
+
+    rank: int = 64
+    alpha: float = 128.0
+    dropout: float = 0.05
+    lr: float = 1e-5
+    epochs: float = 3.0
+    steps: int = 0  # > 0 overrides epochs
+    batch_size: int = 4
+    grad_accum: int = 2
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    value_head: str = 'auto'  # auto: train it when the base has one; on: fresh if none; off
+    value_loss_weight: float = 0.1
+    value_dropout: float = 0.05
+    value_noise_std: float = 0.02
+    min_pixels: int = 32 * 32  # 0 keeps the base processor's limits
+    max_pixels: int = 512 * 512
+    seed: int = 0
+
+
+PRESETS = {
+    'official': TrainSettings(),
+    # The demo model: small rank and a large learning rate (its weights are ~1,000x fewer
+    # and it has no value head); its processor limits are kept.
+    'demo': TrainSettings(rank=16, alpha=32.0, dropout=0.0, lr=2e-3, steps=120, batch_size=8,
+                          grad_accum=1, warmup_ratio=0.1, value_head='off', min_pixels=0,
+                          max_pixels=0),
+}
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--model', required=True, help='base checkpoint directory')
+    p.add_argument('--data', required=True, nargs='+',
+                   help='data directories holding qa_pairs.jsonl (procvlm-adapt dataset)')
+    p.add_argument('--out', required=True, help='adapter directory to write')
+    p.add_argument('--preset', default='official', choices=sorted(PRESETS),
+                   help="official one-shot recipe (default) or the demo model's settings")
+    p.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N')
+    p.add_argument('--dtype', default='auto', help='auto (bf16 on cuda, fp32 on cpu) | fp32 | '
+                                                   'bf16')
+    p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: default)')
+    p.add_argument('--gradient_checkpointing', action='store_true',
+                   help='trade compute for memory (the official recipe sets it on GPU)')
+    p.add_argument('--quiet', action='store_true', help='no progress bar')
+    kinds = {'int': int, 'float': float, 'str': str}
+    for f in fields(TrainSettings):
+        p.add_argument('--' + f.name, type=kinds[str(f.type)], default=None,
+                       help=f'override the preset ({f.name})')
+
+
+def settings_from_args(args: argparse.Namespace) -> TrainSettings:
+    base = PRESETS[args.preset]
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainSettings)
+                 if getattr(args, f.name, None) is not None}
+    s = replace(base, **overrides)
+    if s.rank < 1 or s.batch_size < 1 or s.grad_accum < 1 or s.lr <= 0:
+        raise ConfigError('rank, batch_size, grad_accum must be >= 1 and lr > 0')
+    if s.value_head not in ('auto', 'on', 'off'):
+        raise ConfigError(f'value_head must be auto, on or off, got {s.value_head!r}')
+    return s
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    summary = train_adapter(args.model, args.data, args.out, settings_from_args(args),
+                            device=args.device, dtype=args.dtype, threads=args.threads,
+                            gradient_checkpointing=args.gradient_checkpointing,
+                            show_progress=not args.quiet, preset=args.preset)
+    print(f'adapter written to {args.out}: {summary["steps"]} steps in '
+          f'{summary["train_seconds"]:.0f} s, final loss {summary["final_loss"]:.4f}')
+    return 0
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass
+class Prepared:
+    """One sample as model inputs: prompt ids (images expanded), answer ids, pixels."""
+
+    prompt_ids: list[int]
+    answer_ids: list[int]
+    mm_types: list[int] | None
+    pixel_values: Any
+    grid: Any
+    progress: float
+
+
+def answer_progress(answer: str) -> float:
+    """The target progress in [0, 1] written in an answer (0 when none parses)."""
+    m = _PROGRESS.search(answer)
+    return min(max(float(m.group(1)) / 100.0, 0.0), 1.0) if m else 0.0
+
+
+def prepare_sample(processor: Any, row: dict[str, Any], patch_size: int = 14) -> Prepared:
+    """Images as inference sees them, the checkpoint's chat template, answer + ``<|im_end|>``."""
+    from PIL import Image
+
+    from procvlm_ros.core.image import qwen_vl_pre_resize
+    from procvlm_ros.core.prompt import build_messages
+
+    images = []
+    for path in row['images']:
+        with Image.open(path) as img:
+            images.append(qwen_vl_pre_resize(img.convert('RGB'), patch_size))
+    chat = processor.apply_chat_template(build_messages(images, row['prompt']), tokenize=False,
+                                         add_generation_prompt=True)
+    chat = chat[0] if isinstance(chat, list) else chat
+    batch = processor(text=[chat], images=images, return_tensors='pt')
+    tok = processor.tokenizer
+    end = tok.convert_tokens_to_ids('<|im_end|>')
+    answer = [int(i) for i in tok(row['answer'], add_special_tokens=False)['input_ids']]
+    mm = batch.get('mm_token_type_ids')
+    return Prepared(prompt_ids=batch['input_ids'][0].tolist(), answer_ids=answer + [int(end)],
+                    mm_types=None if mm is None else mm[0].tolist(),
+                    pixel_values=batch['pixel_values'], grid=batch['image_grid_thw'],
+                    progress=answer_progress(row['answer']))
+
+
+def collate(items: list[Prepared], pad_id: int, device: str, dtype: Any) -> dict[str, Any]:
+    """Right-padded batch with labels on the answer tokens only."""
+    import torch
+
+    length = max(len(s.prompt_ids) + len(s.answer_ids) for s in items)
+    ids = torch.full((len(items), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), length), -100, dtype=torch.long)
+    mask = torch.zeros((len(items), length), dtype=torch.long)
+    mm = torch.zeros((len(items), length), dtype=torch.long)
+    for b, s in enumerate(items):
+        seq = s.prompt_ids + s.answer_ids
+        ids[b, :len(seq)] = torch.tensor(seq)
+        labels[b, len(s.prompt_ids):len(seq)] = torch.tensor(s.answer_ids)
+        mask[b, :len(seq)] = 1
+        if s.mm_types is not None:
+            mm[b, :len(s.mm_types)] = torch.tensor(s.mm_types)
+    batch = {'input_ids': ids.to(device), 'attention_mask': mask.to(device),
+             'labels': labels.to(device),
+             'pixel_values': torch.cat([s.pixel_values for s in items]).to(device, dtype),
+             'image_grid_thw': torch.cat([s.grid for s in items]).to(device),
+             'progress': torch.tensor([s.progress for s in items], device=device)}
+    if items[0].mm_types is not None:
+        batch['mm_token_type_ids'] = mm.to(device)
+    return batch
+
+
+# ---------------------------------------------------------------- training
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then linear decay to 0 (the transformers 'linear' schedule)."""
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _load_head(base: Path, hidden: int, settings: TrainSettings) -> tuple[Any, str]:
+    """The value head to train: the base's, a fresh one, or none."""
+    from procvlm_ros.core.backends.value_head import (
+        build_value_head,
+        find_head_sidecar,
+        load_value_head,
+    )
+
+    if settings.value_head == 'off':
+        return None, 'off'
+    sidecar = find_head_sidecar(base)
+    if sidecar is not None:
+        head = load_value_head(sidecar, hidden)
+        for m in head.modules():  # the official one-shot head dropout
+            if type(m).__name__ == 'Dropout':
+                m.p = settings.value_dropout
+        return head, f'from {sidecar.name}'
+    if settings.value_head == 'on':
+        return build_value_head(hidden, settings.value_dropout), 'fresh (base has none)'
+    return None, 'off (base has no head)'
+
+
+def _head_loss(model: Any, head: Any, batch: dict[str, Any], settings: TrainSettings) -> Any:
+    """Official value loss: L1 between sigmoid(1.2 z - 0.1) and the progress label."""
+    import torch
+
+    keys = ('pixel_values', 'image_grid_thw', 'mm_token_type_ids')
+    out = model.model(input_ids=batch['input_ids'], attention_mask=batch['attention_mask'],
+                      use_cache=False, **{k: batch[k] for k in keys if k in batch})
+    hidden = out.last_hidden_state.float()
+    pooled = head.pooler(hidden, batch['attention_mask'])
+    if settings.value_noise_std > 0:
+        pooled = pooled + settings.value_noise_std * torch.randn_like(pooled)
+    z = head.value_head(pooled).squeeze(-1)
+    return torch.nn.functional.l1_loss(torch.sigmoid(1.2 * z - 0.1), batch['progress'].float())
+
+
+def train_adapter(base: str | Path, data_dirs: list[str] | str, out: str | Path,
+                  settings: TrainSettings = PRESETS['official'], *, device: str = 'auto',
+                  dtype: str = 'auto', threads: int = 0, gradient_checkpointing: bool = False,
+                  show_progress: bool = True, preset: str = '') -> dict[str, Any]:
+    """
+    Train and save a LoRA adapter (peft files, ``procvlm_head.bin`` when a head is trained,
+    processor files, ``procvlm_adapter.json`` and ``training_log.jsonl``).
+
+    :raises ConfigError: On a bad base, data set or setting.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from procvlm_ros.adapt.dataset import read_qa_pairs
+    from procvlm_ros.core.backends import lora_adapter as lora
+    from procvlm_ros.core.backends.transformers_backend import (
+        load_model,
+        load_processor,
+        read_model_config,
+        resolve_device,
+        resolve_dtype,
+    )
+
+    t0 = time.perf_counter()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)  # denormals make CPU kernels many times slower
+    base_dir = Path(base).expanduser().resolve()
+    if lora.is_adapter_dir(base_dir):
+        raise ConfigError(f'{base_dir} is a LoRA adapter; --model needs the base checkpoint')
+    read_model_config(base_dir)
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    rows = [r for d in ([data_dirs] if isinstance(data_dirs, str) else data_dirs)
+            for r in read_qa_pairs(d)]
+    out_dir = Path(out)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f'{out_dir} exists and is not empty; choose a new directory')
+    torch.manual_seed(settings.seed)
+    rng = random.Random(settings.seed)
+
+    processor, _ = load_processor(base_dir, settings.min_pixels, settings.max_pixels)
+    model = load_model(base_dir, dev, torch_dtype, 'sdpa')
+    model.config.use_cache = False
+    samples = [prepare_sample(processor, r) for r in tqdm(
+        rows, desc='Preparing samples', unit='sample', disable=not show_progress)]
+    hidden = int(model.config.text_config.hidden_size)
+    head, head_note = _load_head(base_dir, hidden, settings)
+
+    from peft import get_peft_model, LoraConfig
+
+    peft_cfg = LoraConfig(r=settings.rank, lora_alpha=settings.alpha,
+                          lora_dropout=settings.dropout, bias='none',
+                          target_modules=list(TARGETS), task_type='CAUSAL_LM')
+    peft_model = get_peft_model(model, peft_cfg)
+    if gradient_checkpointing:
+        peft_model.gradient_checkpointing_enable()
+        peft_model.enable_input_require_grads()
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    if head is not None:
+        head = head.to(dev).train()
+        params += list(head.parameters())
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{'params': decay, 'weight_decay': settings.weight_decay},
+                             {'params': no_decay, 'weight_decay': 0.0}], lr=settings.lr)
+    per_step = settings.batch_size * settings.grad_accum
+    steps = settings.steps or max(1, math.ceil(settings.epochs * len(samples) / per_step))
+    warmup = int(math.ceil(settings.warmup_ratio * steps))
+    pad_id = processor.tokenizer.pad_token_id or 0
+    autocast = dev.startswith('cuda') and torch_dtype != torch.float32
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = (out_dir / LOG_NAME).open('w', encoding='utf-8')
+    order: list[int] = []
+    peft_model.train()
+    t_data = time.perf_counter() - t0
+    last = {'loss': float('nan')}
+    bar = tqdm(range(steps), desc='Training', unit='step', disable=not show_progress)
+    try:
+        for step in bar:
+            for g in opt.param_groups:
+                g['lr'] = settings.lr * lr_factor(step, steps, warmup)
+            stats = {'ce': 0.0, 'value': 0.0}
+            for _ in range(settings.grad_accum):
+                if len(order) < settings.batch_size:
+                    epoch = list(range(len(samples)))
+                    rng.shuffle(epoch)
+                    order += epoch
+                picked = [samples[order.pop(0)] for _ in range(settings.batch_size)]
+                batch = collate(picked, pad_id, dev, torch_dtype)
+                progress = batch.pop('progress')
+                with torch.autocast('cuda', dtype=torch_dtype, enabled=autocast):
+                    loss = peft_model(**batch).loss
+                    stats['ce'] += float(loss.detach()) / settings.grad_accum
+                    if head is not None and settings.value_loss_weight > 0:
+                        batch['progress'] = progress
+                        vloss = _head_loss(peft_model.get_base_model(), head, batch, settings)
+                        stats['value'] += float(vloss.detach()) / settings.grad_accum
+                        loss = loss + settings.value_loss_weight * vloss
+                (loss / settings.grad_accum).backward()
+            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            last = {'step': step, 'loss': stats['ce'] + settings.value_loss_weight * stats[
+                'value'], 'ce': stats['ce'], 'lr': opt.param_groups[0]['lr']}
+            if head is not None:
+                last['value_l1'] = stats['value']
+            log.write(json.dumps({k: round(v, 6) if isinstance(v, float) else v
+                                  for k, v in last.items()}) + '\n')
+            log.flush()
+            bar.set_postfix(loss=f'{last["loss"]:.4f}')
+    finally:
+        log.close()
+    t_train = time.perf_counter() - t0 - t_data
+
+    peft_model.eval()
+    peft_model.save_pretrained(str(out_dir))
+    _fix_base_path(out_dir, base_dir)
+    processor.save_pretrained(str(out_dir))
+    if head is not None:
+        torch.save({k: v.detach().cpu().float().clone() for k, v in head.state_dict().items()},
+                   out_dir / lora.ADAPTER_HEAD)
+    summary = {
+        'base_model': str(base_dir), 'base_fingerprint': lora.base_fingerprint(base_dir),
+        'preset': preset, 'settings': asdict(settings), 'data': [str(d) for d in (
+            [data_dirs] if isinstance(data_dirs, str) else data_dirs)],
+        'samples': len(samples), 'steps': steps, 'warmup_steps': warmup,
+        'value_head': head_note, 'device': dev, 'dtype': str(torch_dtype).replace('torch.', ''),
+        'threads': torch.get_num_threads(), 'data_seconds': round(t_data, 2),
+        'train_seconds': round(t_train, 2), 'final_loss': last['loss'],
+        'torch': torch.__version__, 'peft': _version('peft'),
+        'transformers': _version('transformers')}
+    (out_dir / lora.FINGERPRINT_FILE).write_text(json.dumps(summary, indent=1),
+                                                 encoding='utf-8')
+    return summary
+
+
+def _fix_base_path(out_dir: Path, base_dir: Path) -> None:
+    """``base_model_name_or_path``: the absolute base path, as the official trainer writes."""
+    from procvlm_ros.core.backends.lora_adapter import ADAPTER_CONFIG
+
+    path = out_dir / ADAPTER_CONFIG
+    cfg = json.loads(path.read_text(encoding='utf-8'))
+    cfg['base_model_name_or_path'] = str(base_dir)
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding='utf-8')
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import version
+
+    try:
+        return version(name)
+    except Exception:  # not installed: recorded as such
+        return 'unknown'
