@@ -64,6 +64,8 @@ def progress_fields(estimate: ProgressEstimate, *, task: str, backend: str,
         'backend': backend,
         'inference_time_s': float(estimate.inference_time_s),
         'generated_tokens': int(estimate.generated_tokens),
+        'decoder_passes': int(estimate.decoder_passes),
+        'draft_tokens_accepted': int(estimate.draft_tokens_accepted),
     }
 
 

@@ -1,17 +1,18 @@
 """
-The live progress monitor node.
+The live progress monitor node: ROS plumbing around :class:`procvlm_ros.core.monitor.Monitor`.
 
-Threading: image callbacks only convert and store into a bounded window; one worker timer, in
-its own mutually exclusive callback group, loads the backend and always evaluates the newest
-window (windows that went by during an inference are dropped, never queued), then runs the
-episode supervisor and publishes. Services and diagnostics run in a third group, so ``~/reset``
-and ``~/set_task`` answer while a window is being evaluated.
+Threading: the image subscription receives *serialized* messages and reads only the header
+stamp of each; a frame is decoded only when the window will keep it (or the annotated view
+needs one), so a 30 Hz camera costs almost nothing. One inference thread (not an executor
+callback) loads the model and runs ``Monitor.step``: it wakes when a frame enters the window
+and at least every ``_TICK_S`` for supervision, and publishes what the step says. Services,
+parameters, diagnostics and HIL replies run on the executor and answer during inference.
 """
 
 from __future__ import annotations
 
-from collections import deque
 import math
+import os
 import sys
 import threading
 import time
@@ -21,8 +22,7 @@ from builtin_interfaces.msg import Time
 from procvlm_msgs.msg import Intervention, Progress
 from procvlm_msgs.srv import SetTask
 import rclpy
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
@@ -30,30 +30,25 @@ from std_msgs.msg import Bool, Float32, Float64, Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker
 
+from procvlm_ros.core import cdr, image as image_ops
 from procvlm_ros.core.annotate import overlay_progress, status_line
 from procvlm_ros.core.backends import create_backend
 from procvlm_ros.core.backends.base import Backend
 from procvlm_ros.core.config import BackendConfig, MonitorConfig, WindowConfig
 from procvlm_ros.core.errors import ConfigError, ProcVlmError
-from procvlm_ros.core.estimator import ProgressEstimator
-from procvlm_ros.core.frame_window import FrameWindow
-from procvlm_ros.core.prompt import validate_task
-from procvlm_ros.core.supervision import (
-    EpisodeSupervisor,
-    InterventionEvent,
-    SupervisionConfig,
-    SupervisorState,
-)
-from procvlm_ros.core.types import Frame, ProgressEstimate, Status
+from procvlm_ros.core.monitor import Admission, BackendState, Monitor, StepOutput
+from procvlm_ros.core.supervision import InterventionEvent, SupervisionConfig
+from procvlm_ros.core.types import Frame, Status
 from procvlm_ros.ros import conversions, views
 from procvlm_ros.ros.hil import HilServiceCaller
 from procvlm_ros.ros.params import declare_config, validate_update
 
-WORKER_PERIOD_S = 0.02
 # Live answers are short; the official offline default (4096) would let a runaway generation
 # block the monitor for minutes, so the node defaults lower (parameter max_new_tokens).
 NODE_MAX_NEW_TOKENS = 512
-HISTORY_POINTS = 4096  # curve points kept per episode for progress/image
+_TICK_S = 0.1  # supervision/status cadence of the inference thread when no frame arrives
+_QOS_PROBE_S = 0.5  # how often `auto` reliability looks for the camera publisher
+_STATUS_NAMES = {int(s): s.name for s in Status}
 
 
 class MonitorNode(Node):
@@ -61,43 +56,39 @@ class MonitorNode(Node):
 
     def __init__(self, backend: Backend | None = None, **kwargs: Any) -> None:
         super().__init__('procvlm_monitor', **kwargs)
-        self.monitor = declare_config(self, MonitorConfig)
+        self.monitor_cfg = declare_config(self, MonitorConfig)
         self.window_cfg = declare_config(self, WindowConfig)
         self.backend_cfg = declare_config(self, BackendConfig,
                                           {'max_new_tokens': NODE_MAX_NEW_TOKENS})
         self.supervision_cfg = declare_config(self, SupervisionConfig)
+        m = self.monitor_cfg
+        self.monitor = Monitor(
+            backend if backend is not None else create_backend(self.backend_cfg),
+            window=self.window_cfg, supervision=self.supervision_cfg,
+            task=_task_or_empty(m.task), stale_after_s=m.stale_after_s,
+            min_inference_period_s=m.min_inference_period_s, status_period_s=m.status_period_s,
+            pre_resize_patch_size=self.backend_cfg.pre_resize_patch_size,
+            max_image_pixels=m.max_image_pixels,
+            speculation=self.backend_cfg.speculation and self.backend_cfg.temperature == 0)
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self._backend = backend if backend is not None else create_backend(self.backend_cfg)
-        self._estimator: ProgressEstimator | None = None
-        self._load_error = ''
-        self._task = ''
-        self._lock = threading.Lock()
-        self._window = FrameWindow(self.window_cfg.window_size, self.window_cfg.sample_period_s)
-        self._supervisor = EpisodeSupervisor(self.supervision_cfg, self.monitor.stale_after_s)
-        self._supervisor.reset(self._now())
-        self._state: SupervisorState | None = None
-        self._history: deque[tuple[float, float]] = deque(maxlen=HISTORY_POINTS)
-        self._sequence = 0
-        self._evaluated_version = -1
-        self._last_inference = 0.0
-        self._last_status_pub = 0.0
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._view_due = 0.0  # monotonic time the annotated view wants its next frame
+        self._view_frame: Frame | None = None
         self._last_image_pub = 0.0
-        self._last_estimate: ProgressEstimate | None = None
-        self._latest_frame: Frame | None = None
-        self._input_error = ''
-        self._input_error_log = 0.0
-        self._stats = {'frames': 0, 'rejected': 0, 'windows': 0, 'errors': 0}
-        self._arrivals: deque[float] = deque(maxlen=300)
-        self._latency = views.RollingStats()
-        self._set_initial_task(self.monitor.task)
+        self._last_reject_log = 0.0
+        self._sub: Any = None
         self._create_interfaces()
+        self._worker = threading.Thread(target=self._run, name='procvlm_inference', daemon=True)
+        self._worker.start()
         self.get_logger().info(
             f'backend={self.backend_cfg.backend} model={self.backend_cfg.model!r} '
             f'window={self.window_cfg.window_size}x{self.window_cfg.sample_period_s}s '
             f'input={self._input_topic()}')
 
+    # ---------------------------------------------------------------- interfaces
     def _create_interfaces(self) -> None:
-        m = self.monitor
+        m = self.monitor_cfg
         self._pub = self.create_publisher(Progress, 'progress', 10)
         self._pub_value = self.create_publisher(Float32, 'progress/value', 10)
         self._pub_reward = self.create_publisher(Float64, 'reward', 10)
@@ -107,207 +98,203 @@ class MonitorNode(Node):
         self._pub_done = self.create_publisher(Bool, 'done', latched)
         self._pub_image = self.create_publisher(Image, 'progress/image', 2)
         self._pub_marker = self.create_publisher(Marker, 'progress/marker', 10)
-        reliability = (ReliabilityPolicy.RELIABLE if m.qos_reliability == 'reliable'
-                       else ReliabilityPolicy.BEST_EFFORT)
-        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=m.qos_depth,
-                         reliability=reliability)
-        input_group = MutuallyExclusiveCallbackGroup()
-        if m.input_type == 'compressed':
-            self._sub = self.create_subscription(CompressedImage, 'image/compressed',
-                                                 self._on_compressed, qos,
-                                                 callback_group=input_group)
-        else:
-            self._sub = self.create_subscription(Image, 'image', self._on_image, qos,
-                                                 callback_group=input_group)
-        service_group = MutuallyExclusiveCallbackGroup()
-        self.create_service(SetTask, '~/set_task', self._on_set_task,
-                            callback_group=service_group)
-        self.create_service(Trigger, '~/reset', self._on_reset, callback_group=service_group)
-        self._hil = (HilServiceCaller(self, m.hil_service, m.hil_service_type, m.hil_timeout_s,
-                                      callback_group=service_group) if m.hil_service else None)
+        self.create_service(SetTask, '~/set_task', self._on_set_task)
+        self.create_service(Trigger, '~/reset', self._on_reset)
+        self._hil = (HilServiceCaller(self, m.hil_service, m.hil_service_type, m.hil_timeout_s)
+                     if m.hil_service else None)
         if m.diagnostics_period_s > 0:
             from diagnostic_msgs.msg import DiagnosticArray
 
             self._pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-            self.create_timer(m.diagnostics_period_s, self._publish_diagnostics,
-                              callback_group=service_group)
+            self.create_timer(m.diagnostics_period_s, self._publish_diagnostics)
         self._publish_done(False)
-        self._worker = self.create_timer(WORKER_PERIOD_S, self._work,
-                                         callback_group=MutuallyExclusiveCallbackGroup())
+        if m.qos_reliability == 'auto':
+            self._qos_timer = self.create_timer(_QOS_PROBE_S, self._subscribe_when_published)
+        else:
+            self._subscribe(m.qos_reliability == 'reliable')
 
+    def _input_topic(self) -> str:
+        name = 'image/compressed' if self.monitor_cfg.input_type == 'compressed' else 'image'
+        return self.resolve_topic_name(name)
+
+    def _subscribe_when_published(self) -> None:
+        # Match the camera: a reliable subscriber never matches a best-effort publisher, and
+        # large frames over best effort are lost to fragmentation, so pick per publisher.
+        infos = self.get_publishers_info_by_topic(self._input_topic())
+        if not infos:
+            return
+        self._qos_timer.cancel()
+        reliable = all(i.qos_profile.reliability == ReliabilityPolicy.RELIABLE for i in infos)
+        self._subscribe(reliable)
+
+    def _subscribe(self, reliable: bool) -> None:
+        m = self.monitor_cfg
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=m.qos_depth,
+                         reliability=ReliabilityPolicy.RELIABLE if reliable
+                         else ReliabilityPolicy.BEST_EFFORT)
+        msg_type, callback = ((CompressedImage, self._on_compressed)
+                              if m.input_type == 'compressed' else (Image, self._on_image))
+        self._sub = self.create_subscription(msg_type, self._input_topic(), callback, qos,
+                                             raw=True)
+        self.get_logger().info(f'subscribed to {self._input_topic()} '
+                               f'({"reliable" if reliable else "best effort"})')
+
+    # ---------------------------------------------------------------- input (executor)
     def _now(self) -> int:
         return self.get_clock().now().nanoseconds
 
-    def _input_topic(self) -> str:
-        name = 'image/compressed' if self.monitor.input_type == 'compressed' else 'image'
-        return self.resolve_topic_name(name)
+    def _on_image(self, raw: bytes) -> None:
+        self._take(raw, self._decode_image)
 
-    # ---------------------------------------------------------------- input (callbacks)
-    def _on_image(self, msg: Image) -> None:
-        self._accept(conversions.image_msg_to_frame, msg)
+    def _on_compressed(self, raw: bytes) -> None:
+        self._take(raw, self._decode_compressed)
 
-    def _on_compressed(self, msg: CompressedImage) -> None:
-        self._accept(conversions.compressed_msg_to_frame, msg)
-
-    def _accept(self, convert: Any, msg: Any) -> None:
+    def _take(self, raw: bytes, decode: Any) -> None:
         now = self._now()
-        self._sequence += 1
-        self._arrivals.append(time.monotonic())
         try:
-            frame = convert(msg, now, self._sequence, max_pixels=self.monitor.max_image_pixels)
+            verdict = self.monitor.check_stamp(cdr.header_stamp_ns(raw), now)
         except ProcVlmError as e:
-            self._stats['rejected'] += 1
-            self._input_error = f'rejected frame: {e}'
-            if time.monotonic() - self._input_error_log > 5.0:
-                self._input_error_log = time.monotonic()
-                self.get_logger().warning(self._input_error)
-            self._window.last_arrival_ns = now  # the camera is alive, only its data is bad
+            self._log_rejection(self.monitor.reject(str(e), now).message)
             return
-        self._stats['frames'] += 1
-        self._input_error = ''
-        self._latest_frame = frame
-        self._window.offer(frame, now)
-
-    # ---------------------------------------------------------------- services
-    def _set_initial_task(self, task: str) -> None:
+        want_view = self._view_wanted()
+        if verdict.admission is Admission.REJECTED:
+            self._log_rejection(self.monitor.reject(verdict.message, now).message)
+            return
+        if verdict.admission is Admission.SKIPPED and not want_view:
+            self.monitor.note_skipped(now)
+            return
         try:
-            self._task = validate_task(task)
-        except ConfigError:
-            self._task = ''
+            frame = decode(raw, self.monitor_cfg.max_image_pixels)
+        except ProcVlmError as e:
+            self._log_rejection(self.monitor.reject(str(e), now).message)
+            return
+        if want_view:
+            self._view_frame = frame
+        if verdict.admission is Admission.SKIPPED:
+            self.monitor.note_skipped(now)
+            return
+        result = self.monitor.offer(frame, now)
+        if result.admission is Admission.REJECTED:
+            self._log_rejection(result.message)
+        elif result.admission is Admission.NEW_EPISODE:
+            self.get_logger().warning(f'{result.message} (episode {self.monitor.episode})')
+            self._publish_done(False)
+        if result.admission in (Admission.KEPT, Admission.NEW_EPISODE):
+            self._wake.set()
 
+    @staticmethod
+    def _decode_image(raw: bytes, max_pixels: int) -> Frame:
+        f = cdr.parse_image(raw)
+        rgb = image_ops.raw_to_rgb(f.data, f.height, f.width, f.step, f.encoding,
+                                   f.is_bigendian, max_pixels=max_pixels)
+        return Frame(image=rgb, stamp_ns=f.stamp_ns, frame_id=f.frame_id)
+
+    @staticmethod
+    def _decode_compressed(raw: bytes, max_pixels: int) -> Frame:
+        f = cdr.parse_compressed(raw)
+        rgb = image_ops.compressed_to_rgb(f.data, f.format, max_pixels=max_pixels)
+        return Frame(image=rgb, stamp_ns=f.stamp_ns, frame_id=f.frame_id)
+
+    def _log_rejection(self, message: str) -> None:
+        if time.monotonic() - self._last_reject_log > 5.0:
+            self._last_reject_log = time.monotonic()
+            self.get_logger().warning(f'rejected frame: {message}')
+
+    def _view_wanted(self) -> bool:
+        rate = self.monitor_cfg.annotated_image_rate_hz
+        return (rate > 0 and time.monotonic() >= self._view_due
+                and self._pub_image.get_subscription_count() > 0)
+
+    # ---------------------------------------------------------------- services, parameters
     def _on_set_task(self, request: SetTask.Request, response: SetTask.Response) -> Any:
         try:
-            task = validate_task(request.task)
+            episode = self.monitor.new_episode(self._now(), task=request.task)
         except ConfigError as e:
             response.success, response.message = False, str(e)
             return response
-        with self._lock:
-            self._task = task
-            self._new_episode()
-        response.success, response.message = True, f'task set; episode {self._window.episode}'
-        self.get_logger().info(f'task: {task!r} (episode {self._window.episode})')
+        self._publish_done(False)
+        response.success, response.message = True, f'task set; episode {episode}'
+        self.get_logger().info(f'task: {self.monitor.task!r} (episode {episode})')
         return response
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Any:
-        with self._lock:
-            self._new_episode()
-        response.success, response.message = True, f'episode {self._window.episode} started'
+        episode = self.monitor.new_episode(self._now())
+        self._publish_done(False)
+        response.success, response.message = True, f'episode {episode} started'
         return response
 
-    def _new_episode(self) -> None:
-        self._window.new_episode()
-        self._last_estimate = None
-        self._state = None
-        self._history.clear()
-        self._supervisor.reset(self._now())
-        if self._estimator is not None:
-            self._estimator.new_episode(self._task or None)
-        self._publish_done(False)
-
     def _on_set_parameters(self, params: list[Any]) -> Any:
-        self.monitor, result = validate_update(self.monitor, params)
-        return result
-
-    # ---------------------------------------------------------------- worker
-    def _work(self) -> None:
+        # Read-only parameters are refused by rclpy from their descriptors; the others reach
+        # every consumer here (the Monitor and this node read the configs on each use).
+        results = {}
+        monitor_cfg, results['monitor'] = validate_update(self.monitor_cfg, params)
+        window_cfg, results['window'] = validate_update(self.window_cfg, params)
+        supervision_cfg, results['supervision'] = validate_update(self.supervision_cfg, params)
+        backend_cfg, results['backend'] = validate_update(self.backend_cfg, params)
+        failed = [r for r in results.values() if not r.successful]
+        if failed:
+            return failed[0]
         try:
-            self._work_once()
-        except Exception as e:  # noqa: BLE001 - a bug here must not kill the monitor
-            self.get_logger().error(f'worker failed: {type(e).__name__}: {e}',
-                                    throttle_duration_sec=5.0)
-            self._last_status_pub = 0.0
-            self._publish_status(Status.ERROR, f'internal error: {type(e).__name__}: {e}')
+            self.monitor.configure(window=window_cfg, supervision=supervision_cfg,
+                                   stale_after_s=monitor_cfg.stale_after_s,
+                                   min_inference_period_s=monitor_cfg.min_inference_period_s,
+                                   status_period_s=monitor_cfg.status_period_s)
+        except (ProcVlmError, ValueError) as e:
+            results['monitor'].successful, results['monitor'].reason = False, str(e)
+            return results['monitor']
+        self.monitor_cfg, self.window_cfg = monitor_cfg, window_cfg
+        self.supervision_cfg, self.backend_cfg = supervision_cfg, backend_cfg
+        return results['monitor']
 
-    def _work_once(self) -> None:
-        self._supervise_tick()
-        self._maybe_publish_image()
-        if self._estimator is None:
-            if not self._load_error:
-                self._load()
-            if self._estimator is None:
-                self._publish_status(Status.ERROR, self._load_error)
-                return
-        if not self._task:
-            self._publish_status(Status.ERROR,
-                                 'no task: set the task parameter or call ~/set_task')
-            return
-        snapshot = self._window.snapshot()
-        if snapshot is None:
-            self._publish_status(Status.WAITING_FOR_FRAMES,
-                                 self._input_error or 'waiting for frames')
-            return
-        age = self._input_age_s()
-        if age > self.monitor.stale_after_s:
-            self._publish_status(Status.STALE_INPUT, f'no frame for {age:.1f} s')
-            return
-        if snapshot.version == self._evaluated_version:
-            if self._input_error:
-                # Frames keep arriving but are unusable: say so, do not go quiet.
-                self._publish_status(Status.ERROR, self._input_error)
-            return
-        if time.monotonic() - self._last_inference < self.monitor.min_inference_period_s:
-            return
-        self._evaluated_version = snapshot.version
-        self._last_inference = time.monotonic()
-        estimate = self._estimator.estimate(snapshot.frames, snapshot.keys)
-        newest = snapshot.frames[-1]
-        with self._lock:
-            if snapshot.episode != self._window.episode:
-                return  # reset or task change during inference: this answer is for the old one
-            self._last_estimate = estimate
-            state = self._supervisor.update(estimate, self._now())
-            self._state = state
-            if not math.isnan(state.value):
-                self._history.append((newest.stamp_ns / 1e9, state.value))
-        self._stats['windows'] += 1
-        if estimate.status is Status.ERROR:
-            self._stats['errors'] += 1
-            self.get_logger().error(f'inference failed: {estimate.status_message}')
-        else:
-            self._latency.add(estimate.inference_time_s)
-        self._publish(estimate, state, newest)
-        self._publish_events(state.events)
-        if state.done_now:
-            self.get_logger().info(f'task done: {self._task!r} (episode {estimate.episode})')
-
-    def _supervise_tick(self) -> None:
-        with self._lock:
-            if self._window.last_arrival_ns is not None:
-                self._supervisor.frame_received(self._window.last_arrival_ns)
-            state = self._supervisor.tick(self._now())
-            if self._state is not None or state.events:
-                self._state = state
-        self._publish_events(state.events)
-
-    def _load(self) -> None:
-        self._publish_status(Status.LOADING, f'loading {self.backend_cfg.backend} backend')
-        start = time.monotonic()
+    # ---------------------------------------------------------------- inference thread
+    def _run(self) -> None:
         try:
-            self._backend.load()
-        except ProcVlmError as e:
-            self._load_error = f'cannot load backend: {e}'
-            self.get_logger().error(self._load_error)
-            return
-        self._estimator = ProgressEstimator(
-            self._backend, self._task or 'unset', jpeg_roundtrip=self.window_cfg.jpeg_roundtrip,
-            pre_resize_patch_size=self.backend_cfg.pre_resize_patch_size,
-            cache_size=2 * self.window_cfg.window_size)
-        self.get_logger().info(f'backend ready in {time.monotonic() - start:.1f} s')
+            self._publish_status_now(Status.LOADING, f'loading {self.backend_cfg.backend} '
+                                     'backend')
+            start = time.monotonic()
+            if self.monitor.load():
+                self.get_logger().info(f'backend ready in {time.monotonic() - start:.1f} s')
+            elif not self._stopping.is_set():
+                self.get_logger().error(f'cannot load backend: {self.monitor.load_error}')
+            while not self._stopping.is_set():
+                self._wake.wait(_TICK_S)
+                self._wake.clear()
+                if self._stopping.is_set():
+                    break
+                self._publish(self.monitor.step(self._now()))
+                self._maybe_publish_image()
+        except Exception as e:  # noqa: BLE001 - a bug must not silently stop the monitor
+            if not self._stopping.is_set() and rclpy.ok(context=self.context):
+                self.get_logger().error(f'inference thread failed: {type(e).__name__}: {e}')
+                self._publish_status_now(Status.ERROR,
+                                         f'internal error: {type(e).__name__}: {e}')
 
-    def _input_age_s(self) -> float:
-        last = self._window.last_arrival_ns
-        return math.inf if last is None else (self._now() - last) / 1e9
+    def stop(self, timeout_s: float = 10.0) -> bool:
+        """Stop the inference thread; False when it is still inside an inference."""
+        self._stopping.set()
+        self._wake.set()
+        self._worker.join(timeout_s)
+        return not self._worker.is_alive()
 
     # ---------------------------------------------------------------- output
-    def _publish(self, estimate: ProgressEstimate, state: SupervisorState, newest: Frame) -> None:
+    def _publish(self, out: StepOutput) -> None:
+        if out.estimate is not None:
+            self._publish_estimate(out)
+        elif out.status is not None:
+            self._publish_status_now(out.status, out.message, out)
+        self._publish_events(out)
+        if out.done_now:
+            self.get_logger().info(f'task done: {out.task!r} (episode {out.episode})')
+
+    def _publish_estimate(self, out: StepOutput) -> None:
+        estimate, state, newest = out.estimate, out.state, out.newest
+        assert estimate is not None and state is not None and newest is not None
         fields = conversions.progress_fields(
-            estimate, task=self._task, backend=self._backend.name,
-            publish_model_output=self.monitor.publish_model_output)
+            estimate, task=out.task, backend=self.monitor.backend.name,
+            publish_model_output=self.monitor_cfg.publish_model_output)
         fields.update(conversions.supervision_fields(state))
-        if estimate.status is Status.OK and self._input_error:
-            fields['status_message'] = self._input_error
-        msg = self._progress_msg(fields)
-        msg.header = self._header(newest.stamp_ns, newest.frame_id)
+        msg = _progress_msg(fields)
+        msg.header = _header(newest.stamp_ns, newest.frame_id)
         msg.capture_to_publish_s = float((self._now() - newest.stamp_ns) / 1e9)
         self._pub.publish(msg)
         if not math.isnan(msg.value):
@@ -316,37 +303,40 @@ class MonitorNode(Node):
         self._publish_done(state.done)
         self._publish_marker(msg)
 
-    def _publish_status(self, status: Status, message: str) -> None:
-        now = time.monotonic()
-        if now - self._last_status_pub < self.monitor.status_period_s:
-            return
-        self._last_status_pub = now
-        last, state = self._last_estimate, self._state
-        fields = {'task': self._task, 'episode': self._window.episode, 'status': int(status),
-                  'status_message': message, 'backend': self._backend.name,
+    def _publish_status_now(self, status: Status, message: str,
+                            out: StepOutput | None = None) -> None:
+        view = self.monitor.view()
+        last = view.last_estimate
+        fields = {'task': view.task, 'episode': view.episode, 'status': int(status),
+                  'status_message': message, 'backend': self.monitor.backend.name,
                   'value': math.nan, 'raw_value': math.nan,
                   'remaining_actions': list(last.remaining_actions) if last else []}
+        state = out.state if out is not None else view.state
         if state is not None:
             fields.update(conversions.supervision_fields(state))
-        msg = self._progress_msg(fields)
+        msg = _progress_msg(fields)
         msg.header.stamp = self.get_clock().now().to_msg()
         self._pub.publish(msg)
         self._publish_marker(msg)
 
-    def _publish_events(self, events: tuple[InterventionEvent, ...]) -> None:
-        for event in events:
-            msg = Intervention(task=self._task, episode=self._window.episode,
-                               **conversions.intervention_fields(event))
-            msg.header = self._header(event.stamp_ns, self._frame_id())
-            self._pub_intervention.publish(msg)
-            text = f'({event.reason.name.lower()}): {event.message}'
-            # rclpy forbids one logging call site from changing severity between calls.
-            if event.active:
-                self.get_logger().warning(f'intervention requested {text}')
-            else:
-                self.get_logger().info(f'intervention cleared {text}')
-            if self._hil is not None:
-                self._hil.notify(event.active, event.message)
+    def _publish_events(self, out: StepOutput) -> None:
+        for event in out.events:
+            self._publish_event(event, out)
+
+    def _publish_event(self, event: InterventionEvent, out: StepOutput) -> None:
+        msg = Intervention(task=out.task, episode=out.episode,
+                           **conversions.intervention_fields(event))
+        frame = self.monitor.view().latest_frame
+        msg.header = _header(event.stamp_ns, frame.frame_id if frame else '')
+        self._pub_intervention.publish(msg)
+        text = f'({event.reason.name.lower()}): {event.message}'
+        # rclpy forbids one logging call site from changing severity between calls.
+        if event.active:
+            self.get_logger().warning(f'intervention requested {text}')
+        else:
+            self.get_logger().info(f'intervention cleared {text}')
+        if self._hil is not None:
+            self._hil.notify(event.active, event.message)
 
     def _publish_done(self, done: bool) -> None:
         self._pub_done.publish(Bool(data=bool(done)))
@@ -354,94 +344,107 @@ class MonitorNode(Node):
     def _publish_marker(self, msg: Progress) -> None:
         headline, colour = status_line(msg.value, _STATUS_NAMES.get(msg.status, ''), msg.done,
                                        msg.stalled, msg.stalled_for_s)
-        header = Header(stamp=msg.header.stamp, frame_id=self.monitor.marker_frame_id)
-        for marker in views.progress_markers(header, value=msg.value, task=self._task,
+        header = Header(stamp=msg.header.stamp, frame_id=self.monitor_cfg.marker_frame_id)
+        for marker in views.progress_markers(header, value=msg.value, task=msg.task,
                                              headline=headline, colour=colour,
-                                             scale=self.monitor.marker_scale):
+                                             scale=self.monitor_cfg.marker_scale):
             self._pub_marker.publish(marker)
 
     def _maybe_publish_image(self) -> None:
-        rate = self.monitor.annotated_image_rate_hz
-        frame = self._latest_frame
-        if rate <= 0 or frame is None or self._pub_image.get_subscription_count() == 0:
+        rate = self.monitor_cfg.annotated_image_rate_hz
+        if rate <= 0 or self._pub_image.get_subscription_count() == 0:
             return
-        if time.monotonic() - self._last_image_pub < 1.0 / rate:
+        view = self.monitor.view()
+        frame = self._view_frame or view.latest_frame
+        now = time.monotonic()
+        if frame is None or now - self._last_image_pub < 1.0 / rate:
             return
-        self._last_image_pub = time.monotonic()
-        with self._lock:
-            history, state, last = list(self._history), self._state, self._last_estimate
-        value = state.value if state else math.nan
+        self._last_image_pub = now
+        self._view_due = now + 1.0 / rate
+        state, last = view.state, view.last_estimate
         rgb = overlay_progress(
-            frame.image, history, value=value,
+            frame.image, list(view.history), value=state.value if state else math.nan,
             status=_STATUS_NAMES.get(int(last.status), '') if last else 'WAITING_FOR_FRAMES',
             done=bool(state and state.done), stalled=bool(state and state.stalled),
             stalled_for_s=state.stalled_for_s if state else 0.0,
             remaining_actions=last.remaining_actions if last else ())
         self._pub_image.publish(views.rgb_to_image_msg(
-            rgb, self._header(frame.stamp_ns, frame.frame_id)))
+            rgb, _header(frame.stamp_ns, frame.frame_id)))
 
     def _publish_diagnostics(self) -> None:
-        now_mono = time.monotonic()
-        recent = [t for t in self._arrivals if now_mono - t <= 10.0]
-        rate = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 else 0.0
-        age = self._input_age_s()
-        stale = age > self.monitor.stale_after_s
-        camera_level = 2 if stale and math.isfinite(age) else (1 if not math.isfinite(age) else 0)
-        camera_msg = ('stale' if camera_level == 2 else 'no frames yet' if camera_level == 1
-                      else 'ok')
-        last = self._last_estimate
-        model_level = 2 if self._load_error or (last and last.status is Status.ERROR) else (
-            1 if self._estimator is None or (last and last.status != Status.OK) else 0)
-        state = ('error' if self._load_error else 'loading' if self._estimator is None
-                 else 'ready')
+        now = self._now()
+        s = self.monitor.stats(now)
+        view = self.monitor.view()
+        stale = self.monitor.stale(now)
+        age = s.last_frame_age_s
+        camera_level = 2 if stale else (1 if not math.isfinite(age) else 0)
+        camera_msg = {2: 'stale', 1: 'no frames yet', 0: 'ok'}[camera_level]
+        last = view.last_estimate
+        backend_state = self.monitor.backend_state
+        model_level = 2 if backend_state is BackendState.FAILED or (
+            last and last.status is Status.ERROR) else (
+            1 if backend_state is not BackendState.READY or (last and last.status != Status.OK)
+            else 0)
         name = self.get_fully_qualified_name()
         statuses = [
             views.diagnostic_status(f'{name}: camera input', name, camera_level, camera_msg, [
-                ('topic', self._input_topic()), ('frame_rate_hz', rate),
-                ('last_frame_age_s', age), ('frames_received', self._stats['frames']),
-                ('frames_rejected', self._stats['rejected']),
-                ('last_rejection', self._input_error)]),
-            views.diagnostic_status(f'{name}: inference', name, model_level, state, [
-                ('backend', self._backend.name), ('model', self.backend_cfg.model),
-                ('task', self._task), ('episode', self._window.episode),
-                ('windows_evaluated', self._stats['windows']),
-                ('inference_errors', self._stats['errors']),
-                ('latency_p50_s', self._latency.percentile(50)),
-                ('latency_p95_s', self._latency.percentile(95)),
+                ('topic', self._input_topic()), ('frame_rate_hz', s.input_rate_hz),
+                ('last_frame_age_s', age), ('frames_received', s.frames_received),
+                ('frames_kept', s.frames_kept), ('frames_rejected', s.frames_rejected),
+                ('time_jumps', s.time_jumps), ('last_rejection', s.last_rejection)]),
+            views.diagnostic_status(f'{name}: inference', name, model_level,
+                                    backend_state.value, [
+                ('backend', self.monitor.backend.name), ('model', self.backend_cfg.model),
+                ('task', view.task), ('episode', view.episode),
+                ('windows_evaluated', s.windows), ('inference_errors', s.errors),
+                ('answers_dropped_by_reset', s.dropped_answers),
+                ('latency_p50_s', s.latency_p50_s), ('latency_p95_s', s.latency_p95_s),
+                ('decoder_passes', s.decoder_passes),
+                ('draft_tokens_accepted', s.draft_tokens_accepted),
                 ('vision_cache_hit_rate',
                  last.timings.get('vision_cache_hit_rate', math.nan) if last else math.nan),
                 ('last_status', _STATUS_NAMES.get(int(last.status), '') if last else ''),
-                ('last_error', self._load_error or (
+                ('last_error', self.monitor.load_error or (
                     last.status_message if last and last.status is Status.ERROR else ''))]),
         ]
         self._pub_diag.publish(views.diagnostics_msg(self.get_clock().now().to_msg(), statuses))
 
-    def _frame_id(self) -> str:
-        return self._latest_frame.frame_id if self._latest_frame else ''
-
-    @staticmethod
-    def _header(stamp_ns: int, frame_id: str) -> Header:
-        sec, nanosec = conversions.ns_to_stamp(stamp_ns)
-        return Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id)
-
-    @staticmethod
-    def _progress_msg(fields: dict[str, Any]) -> Progress:
-        stamps = fields.pop('frame_stamps', [])
-        msg = Progress(**fields)
-        msg.frame_stamps = [Time(sec=s, nanosec=n) for s, n in stamps]
-        return msg
-
-    def close(self) -> None:
-        self._backend.close()
+    def close(self) -> bool:
+        """Stop the inference thread and release the model; False if it could not stop."""
+        stopped = self.stop()
+        if stopped:
+            self.monitor.close()
+        return stopped
 
 
-_STATUS_NAMES = {int(s): s.name for s in Status}
+def _task_or_empty(task: str) -> str:
+    # An invalid initial task is reported as a status (ERROR: no task) rather than a refusal
+    # to start, so ~/set_task can still fix it.
+    from procvlm_ros.core.prompt import validate_task
+
+    try:
+        return validate_task(task)
+    except ConfigError:
+        return ''
+
+
+def _header(stamp_ns: int, frame_id: str) -> Header:
+    sec, nanosec = conversions.ns_to_stamp(stamp_ns)
+    return Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id)
+
+
+def _progress_msg(fields: dict[str, Any]) -> Progress:
+    stamps = fields.pop('frame_stamps', [])
+    msg = Progress(**fields)
+    msg.frame_stamps = [Time(sec=s, nanosec=n) for s, n in stamps]
+    return msg
 
 
 def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args if args is not None else sys.argv)
     node = None
-    executor = MultiThreadedExecutor(num_threads=3)
+    executor = SingleThreadedExecutor()
+    code = 0
     try:
         node = MonitorNode()
         executor.add_node(node)
@@ -449,18 +452,24 @@ def main(args: list[str] | None = None) -> int:
     except (ConfigError, ProcVlmError) as e:
         # Invalid parameters: refuse to start with one clear line.
         print(f'procvlm monitor: invalid configuration: {e}', file=sys.stderr)
-        return 2
+        code = 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        # Let in-flight callbacks finish before the node they use is destroyed.
-        executor.shutdown(timeout_sec=10.0)
+        stopped = node.close() if node is not None else True
+        executor.shutdown(timeout_sec=5.0)
         if node is not None:
-            node.close()
             node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+    if not stopped:
+        # The inference thread is inside a model call that cannot be interrupted: leave
+        # without waiting for it (and without tearing down torch under its feet).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == '__main__':
     sys.exit(main())
+

@@ -121,6 +121,9 @@ def start_monitor(ros_env, tmp_path):
     started = []
 
     def start(params, extra_args=()):
+        # Most tests stamp frames with small synthetic times (30 s, 50 s, ...): switch the
+        # arrival-age check off for them unless a test sets it (test_bad_input checks it).
+        params = {'max_stamp_age_s': 0.0, **params}
         workdir = tmp_path / f'monitor{len(started)}'
         workdir.mkdir()
         m = MonitorProcess(params, ros_env, workdir, extra_args)
