@@ -97,9 +97,9 @@ def check_geometry(
             f'image {width}x{height} has {height * width} pixels, more than '
             f'max_pixels={max_pixels}')
     if min(height, width) < min_side:
-        side = 'height' if height < width else 'width'
+        short = [f'{n} {v}' for n, v in (('height', height), ('width', width)) if v < min_side]
         raise ImageError(
-            f'image {width}x{height}: {side} {min(height, width)} is below min_side={min_side} '
+            f'image {width}x{height}: {" and ".join(short)} below min_side={min_side} '
             '(one merged vision patch)')
     if max(height, width) > max_ratio * min(height, width):
         ratio = max(height, width) / min(height, width)
@@ -235,6 +235,8 @@ _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 _PNG_KEEP = frozenset({b'IHDR', b'PLTE', b'IDAT', b'IEND'})
 _PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 _PNG_MAX_INT = 2**31 - 1  # PNG's limit on lengths and sides
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+          (0, 1, 1, 2))  # x0, y0, dx, dy of the 7 interlace passes
 
 _JPEG_SOI = b'\xff\xd8'
 _JPEG_SOS, _JPEG_EOI = 0xDA, 0xD9
@@ -418,7 +420,8 @@ def _png_header(buf: memoryview) -> CompressedHeader:
 def _png_stream(buf: memoryview) -> bytes:
     # Every chunk up to IEND checked; the critical ones are returned as a new PNG.
     kept: list[Any] = [_PNG_SIGNATURE]
-    pos, idat = 8, False
+    idat: list[memoryview] = []
+    pos = 8
     while True:
         ctype, end = _png_chunk(buf, pos)
         if ctype == b'IHDR' and pos != 8:
@@ -427,13 +430,51 @@ def _png_stream(buf: memoryview) -> bytes:
             raise _FormatError(f'PNG has an unknown critical chunk {ctype.decode()} at byte {pos}')
         if ctype in _PNG_KEEP:
             kept.append(buf[pos:end])
-        idat = idat or ctype == b'IDAT'
+        if ctype == b'IDAT':
+            idat.append(buf[pos + 8:end - 4])
         if ctype == b'IEND':
             break
         pos = end
     if not idat:
         raise _FormatError('PNG has no IDAT chunk (no pixel data)')
+    _png_check_pixel_data(idat, _png_raw_size(buf))
     return b''.join(kept)
+
+
+def _png_raw_size(buf: memoryview) -> int:
+    # Bytes the IDAT stream must inflate to: filter byte + packed samples per row, per pass.
+    width, height = int.from_bytes(buf[16:20], 'big'), int.from_bytes(buf[20:24], 'big')
+    depth, colour, interlace = buf[24], buf[25], buf[28]
+    bits = depth * {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[colour]
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    total = 0
+    for x0, y0, dx, dy in passes:
+        cols, rows = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if cols > 0 and rows > 0:
+            total += rows * (1 + (cols * bits + 7) // 8)
+    return total
+
+
+def _png_check_pixel_data(idat: list[memoryview], expected: int) -> None:
+    # Pillow fills rows missing from a short but well-terminated zlib stream with zeros, silently
+    # (Pillow 12). Inflating once more here, 4 MB at a time and discarded, catches that.
+    inflater, got = zlib.decompressobj(), 0
+    try:
+        for data in idat:
+            for i in range(0, data.nbytes, 1 << 16):
+                piece: Any = data[i:i + (1 << 16)]
+                while piece and got < expected and not inflater.eof:
+                    got += len(inflater.decompress(piece, 1 << 22))
+                    piece = inflater.unconsumed_tail
+                if got >= expected:
+                    return
+        got += len(inflater.flush())  # output zlib still held when the input ran out
+    except zlib.error as e:
+        raise _FormatError(f'PNG pixel data is not a valid zlib stream ({e})') from None
+    if got >= expected:
+        return
+    raise _FormatError(f'PNG pixel data inflates to {got} bytes, fewer than the {expected} the '
+                       'header needs (truncated IDAT)')
 
 
 def _jpeg_stream(buf: memoryview) -> tuple[CompressedHeader, bytes]:
@@ -493,12 +534,12 @@ def _jpeg_segment(buf: memoryview, pos: int) -> tuple[int, int, int]:
 def _jpeg_frame_header(buf: memoryview, marker: int, start: int, end: int) -> CompressedHeader:
     length = end - start - 2
     if length < 8:
-        raise _FormatError(f'JPEG frame header at byte {start} has {length} bytes (at least 8)')
+        raise _FormatError(f'JPEG frame header at byte {start} has length {length} (at least 8)')
     precision, components = buf[start + 4], buf[start + 9]
     height = int.from_bytes(buf[start + 5:start + 7], 'big')
     width = int.from_bytes(buf[start + 7:start + 9], 'big')
     if length != 8 + 3 * components:
-        raise _FormatError(f'JPEG frame header at byte {start} has {length} bytes for '
+        raise _FormatError(f'JPEG frame header at byte {start} has length {length} for '
                            f'{components} components (expected {8 + 3 * components})')
     if marker not in _JPEG_SOF_OK:
         raise _FormatError(f'JPEG coding process SOF{marker - 0xC0} ({_JPEG_SOF[marker]}) is not '
@@ -696,7 +737,10 @@ def _high_bytes(rows: npt.NDArray[np.uint8], is_bigendian: bool) -> npt.NDArray[
 
 def _byte_view(data: BytesLike) -> memoryview:
     try:
-        return memoryview(data).cast('B')
+        view = memoryview(data)
+        if view.format not in ('B', 'b', 'c'):  # e.g. an object array would expose pointers
+            raise TypeError(f'items of format {view.format!r}, not bytes')
+        return view.cast('B')
     except (TypeError, ValueError, BufferError) as e:
         raise ImageError(
             f'data must be a contiguous bytes-like object, got {type(data).__name__}: {e}') from e
