@@ -30,7 +30,8 @@ from std_msgs.msg import Bool, Float32, Float64, Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker
 
-from procvlm_ros.core import cdr, image as image_ops
+from procvlm_ros.core import cdr
+from procvlm_ros.core import image as image_ops
 from procvlm_ros.core.annotate import overlay_progress, status_line
 from procvlm_ros.core.backends import create_backend
 from procvlm_ros.core.backends.base import Backend
@@ -288,7 +289,8 @@ class MonitorNode(Node):
 
     def _publish_estimate(self, out: StepOutput) -> None:
         estimate, state, newest = out.estimate, out.state, out.newest
-        assert estimate is not None and state is not None and newest is not None
+        if estimate is None or state is None or newest is None:
+            return
         fields = conversions.progress_fields(
             estimate, task=out.task, backend=self.monitor.backend.name,
             publish_model_output=self.monitor_cfg.publish_model_output)
