@@ -379,8 +379,9 @@ def test_draft_decodes_large_jpegs_at_reduced_scale():
         np.testing.assert_array_equal(small, np.asarray(image))
     assert compressed_to_rgb(data, draft_pixels=10_000).shape == (96, 128, 3)  # 1/8
     assert np.abs(small.astype(int) - full[::2, ::2]).mean() < 4  # same picture
-    png_data = PNG
-    assert compressed_to_rgb(png_data, draft_pixels=10).shape == (48, 64, 3)  # JPEG only
+    assert compressed_to_rgb(PNG, draft_pixels=10).shape == (48, 64, 3)  # JPEG only
+    with pytest.raises(ConfigError, match=r'draft_pixels must be None or an integer >= 1, got 0'):
+        compressed_to_rgb(data, draft_pixels=0)
 
 
 def test_pillow_bomb_limit_refuses_before_pillow_warns(monkeypatch):
