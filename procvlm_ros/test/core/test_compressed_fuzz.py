@@ -171,6 +171,24 @@ def test_fuzz_quick():
     assert min(outcomes['refused'], outcomes['corrupt'], outcomes['decoded']) >= 10, outcomes
 
 
+def test_quick_corpus_breaks_a_bare_pillow_decode():
+    # The same 400 payloads through Pillow alone (the previous decoder, which caught OSError):
+    # other exception types escape, so the corpus above is hostile enough to matter.
+    escaped = Counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        for data in _payloads(1, 400):
+            try:
+                with Image.open(io.BytesIO(data), formats=('JPEG', 'PNG', 'TIFF')) as image:
+                    if image.width * image.height <= MAX_PIXELS:
+                        image.load()
+            except OSError:
+                pass
+            except Exception as e:  # noqa: BLE001
+                escaped[type(e).__name__] += 1
+    assert escaped['ValueError'] and escaped['SyntaxError'], escaped
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('seed', range(2, 6))
 def test_fuzz_many(seed):

@@ -324,8 +324,18 @@ def _valid_payloads():
         'png-grey16': pil_bytes(grey.astype(np.uint16) * 257, 'PNG'),
         'png-palette': _palette_png(rgb),
         'png-1bit': pil_bytes(grey > 128, 'PNG'),
+        'png-grey-alpha': pil_bytes(np.dstack([grey, 255 - grey]), 'PNG'),
+        'png-rgb16': _rgb16_png(rgb),
         'png-interlaced-with-text': _interlaced_png(rgb),
     }
+
+
+def _rgb16_png(rgb):
+    h, w, _ = rgb.shape
+    words = rgb.astype('>u2') * 257 + 3
+    raw = b''.join(b'\x00' + words[y].tobytes() for y in range(h))
+    return (b'\x89PNG\r\n\x1a\n' + ihdr(w, h, depth=16) + chunk(b'IDAT', zlib.compress(raw))
+            + chunk(b'IEND', b''))
 
 
 def _palette_png(rgb):
