@@ -116,10 +116,52 @@ def worker(name: str, opts: SpecBenchOptions) -> dict[str, Any]:
                 req = GenerationRequest(images, task, keys, draft_token_ids=previous)
                 a, b = plain.generate(req), fast.generate(req)
                 mismatches += a.token_ids != b.token_ids
-                rows.append({'episode': e, 'window': w, 'plain': _record(a), 'spec': _record(b)})
+                rows.append({'episode': e, 'window': w, 'plain': _record(a), 'spec': _record(b),
+                             'token_ids': b.token_ids})
                 previous = b.token_ids
     return {'available': True, 'mismatches': mismatches, 'summary': summarise(rows),
-            'windows': rows}
+            'draft_sweep': draft_sweep(rows, opts.max_new_tokens), 'windows': rows}
+
+
+def draft_sweep(rows: list[dict[str, Any]], max_new_tokens: int,
+                sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)) -> dict[str, Any]:
+    """
+    Sequential passes of the same answers for other ``speculation_max_draft`` values.
+
+    The output does not depend on the draft, so the pass count of a draft length follows from
+    the answers alone: the loop of :mod:`speculation` replayed on them (eos = each answer's
+    last id) gives exactly the passes a run with that setting makes. Wall time needs real runs.
+    """
+    from procvlm_ros.core.backends.speculation import speculative_greedy
+    out: dict[str, Any] = {}
+    for size in sizes:
+        passes = steady = 0
+        previous: list[int] | None = None
+        for r in rows:
+            answer = list(r['token_ids'])
+            if r['window'] == 0:
+                previous = None
+            if not answer:
+                continue
+            stop = answer[-1] if len(answer) < max_new_tokens else None
+
+            def run_pass(tokens: list[int], draft: list[int], answer: list[int] = answer) -> Any:
+                return lambda i: answer[len(tokens) + i]
+
+            _, stats = speculative_greedy(answer[0], previous, size, len(answer),
+                                          lambda t, stop=stop: t == stop, run_pass,
+                                          stop_ids=() if stop is None else (stop,))
+            passes += stats.decoder_passes
+            steady += stats.decoder_passes if r['window'] else 0
+            previous = answer
+        out[str(size)] = {'passes': passes, 'steady_state_passes': steady}
+    plain = sum(max(0, len(r['token_ids']) - 1) for r in rows)
+    plain_steady = sum(max(0, len(r['token_ids']) - 1) for r in rows if r['window'])
+    for v in out.values():
+        v['reduction'] = plain / v['passes'] if v['passes'] else float('inf')
+        v['steady_state_reduction'] = (plain_steady / v['steady_state_passes']
+                                       if v['steady_state_passes'] else float('inf'))
+    return {'plain_passes': plain, 'by_max_draft': out}
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -195,6 +237,11 @@ def format_table(results: dict[str, Any]) -> str:
                 f'{p["wall_ms_mean"]:>9.1f}/{q["wall_ms_mean"]:<6.1f}{s["wall_speedup"]:7.2f}'
                 f'{p["decode_ms_mean"]:>11.1f}/{q["decode_ms_mean"]:<6.1f}'
                 f'{p["host_ms_per_pass"]:>14.3f}/{q["host_ms_per_pass"]:<6.3f}')
+        sweep = r.get('draft_sweep', {}).get('by_max_draft', {})
+        if sweep:
+            lines.append(f'{name:13}passes by max draft (steady-state reduction): ' + ', '.join(
+                f'{k}: {v["passes"]} ({v["steady_state_reduction"]:.1f}x)'
+                for k, v in sweep.items()))
         if r['mismatches']:
             lines.append(f'{name:13} {r["mismatches"]} WINDOWS DIFFER WITH SPECULATION')
     return '\n'.join(lines)

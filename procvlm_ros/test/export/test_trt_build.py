@@ -44,9 +44,13 @@ def test_profiles_cover_every_dynamic_input_within_the_manifest_limits(exported)
             assert set(profile) == dynamic
             for name, (lo, opt, hi) in profile.items():
                 assert all(a <= b <= c for a, b, c in zip(lo, opt, hi)), name
-    prefill, decode = shapes['decoder']
+    prefill, decode, verify = shapes['decoder']
     assert prefill['input_ids'][2] == [1, m.limits['prefill_chunk']]
     assert decode['input_ids'] == [[1, 1]] * 3
+    assert prefill['logit_index'] == decode['logit_index'] == [[1]] * 3
+    most = m.limits['max_verify_tokens']
+    assert verify['input_ids'] == [[1, 2], [1, 17], [1, most]]
+    assert verify['logit_index'] == [[2], [17], [most]]
     assert prefill['past_key_0'][2] == [1, 2, m.limits['max_context'], 16]
     assert prefill['image_embeds'][0] == [1 + 16 * 4, 64]  # zero row + 16 slots x 4 tokens
     assert shapes['vision'][0]['pixel_values'][2] == [8, 16, 1536]
@@ -141,3 +145,24 @@ def test_engine_index_round_trip_and_copied_small_files(tmp_path):
                             precision='fp16', profiles=[], options={}, platform=PLATFORM)
     te.write_index(out, {'vision': record}, 'fake-export')
     assert te.read_index(Path(out))['engines']['vision']['key'] == record['key']
+
+
+@pytest.mark.parametrize('version, verify', [(2, 33), (2, 3), (1, 0)])
+def test_verify_profile_only_for_format_2_exports(tmp_path, version, verify):
+    from procvlm_ros.core.backends.trt_backend import decoder_profile
+    folder = write_fake_export(tmp_path / 'x')
+    data = json.loads((folder / 'manifest.json').read_text())
+    data['format_version'] = version
+    if verify:
+        data['limits']['max_verify_tokens'] = verify
+    (folder / 'manifest.json').write_text(json.dumps(data))
+    decoder = trt_build.profiles(ExportManifest.read(folder))['decoder']
+    assert len(decoder) == (3 if version == 2 else 2)
+    assert all(('logit_index' in p) == (version == 2) for p in decoder)
+    if version == 2:
+        assert decoder[2]['input_ids'] == [[1, 2], [1, min(verify, 17)], [1, verify]]
+    # The runtime picks the profile of each pass: decode, verify, prefill.
+    profiles = len(decoder)
+    assert decoder_profile((1, 128, 1), profiles) == 1
+    assert decoder_profile((9, 128, 9), profiles) == (2 if version == 2 else 0)
+    assert decoder_profile((300, 384, 1), profiles) == 0
