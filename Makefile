@@ -20,7 +20,8 @@ test: venv
 test-core: venv
 	cd procvlm_ros && $(PY) -m pytest test/core -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
 
-## Benchmark every available backend on the tiny model (see docs/export.md)
+## Benchmark every available backend on the tiny model, then speculative decoding on the demo
+## and tiny models (see docs/export.md)
 bench: venv
 	PATH=$(abspath $(VENV))/bin:$$PATH bench/tiny_cpu.sh
 
