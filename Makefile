@@ -24,8 +24,8 @@ test-core: venv
 ## and tiny models (see docs/export.md)
 bench: venv
 	PATH=$(abspath $(VENV))/bin:$$PATH bench/tiny_cpu.sh
-
 	PATH=$(abspath $(VENV))/bin:$$PATH bench/speculation_cpu.sh
+
 ## ruff with the ament-compatible settings in procvlm_ros/pyproject.toml
 lint: venv
 	cd procvlm_ros && $(abspath $(VENV))/bin/ruff check procvlm_ros test launch
