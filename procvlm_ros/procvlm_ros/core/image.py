@@ -235,6 +235,9 @@ _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 _PNG_KEEP = frozenset({b'IHDR', b'PLTE', b'IDAT', b'IEND'})
 _PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 _PNG_MAX_INT = 2**31 - 1  # PNG's limit on lengths and sides
+# The chunk walk costs 10-20 us per chunk; empty chunks could make a 2 MB payload take seconds.
+# Encoders write IDAT in pieces of 8 KB (libpng) or more; this allows 1 chunk per 256 bytes.
+_PNG_BYTES_PER_CHUNK = 256
 _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
           (0, 1, 1, 2))  # x0, y0, dx, dy of the 7 interlace passes
 
@@ -253,6 +256,9 @@ _JPEG_SOF_OK = frozenset({0xC0, 0xC1, 0xC2})  # what libjpeg encoders (OpenCV, P
 _JPEG_KEEP = frozenset({0xE0, 0xEE, 0xDB, 0xC4, 0xDD, 0xCC}) | _JPEG_SOF_OK
 _JPEG_SKIP = frozenset(range(0xE0, 0xF0)) | {0xFE}
 _JPEG_NO_LENGTH = frozenset({0x00, 0x01, *range(0xD0, 0xDA)})  # TEM, RSTn, SOI, EOI (+ 0x00)
+# Each progressive scan is a pass over the whole frame, so scans bound the decoding time. libjpeg
+# (OpenCV, Pillow) writes 10 for a colour progressive JPEG, 1 for baseline.
+_JPEG_MAX_SCANS = 100
 
 # Formats a CompressedImage may carry that this module refuses, by magic number.
 _FOREIGN = (
@@ -331,7 +337,7 @@ def _parse_compressed(
     try:
         head = bytes(payload[:32])
         if head.startswith(_PNG_SIGNATURE):
-            header, stream = _png_header(payload), b''
+            header, stream = _png_header(payload), b''  # the walk waits for the size check
         elif head.startswith(_JPEG_SOI):
             header, stream = _jpeg_stream(payload)
         else:
@@ -342,7 +348,7 @@ def _parse_compressed(
         check_geometry(header.height, header.width, max_pixels,
                        min_side=min_side, max_ratio=max_ratio)
         _check_pillow_limit(header)
-        return header, stream or _png_stream(payload)
+        return header, _png_stream(payload) if header.kind == 'PNG' else stream
     except _FormatError as e:
         raise ImageError(
             f'cannot decode {payload.nbytes} bytes of compressed image (format {fmt!r}): {e}'
@@ -424,8 +430,12 @@ def _png_stream(buf: memoryview) -> bytes:
     # Every chunk up to IEND checked; the critical ones are returned as a new PNG.
     kept: list[Any] = [_PNG_SIGNATURE]
     idat: list[memoryview] = []
-    pos = 8
+    pos, chunks, max_chunks = 8, 0, 16 + buf.nbytes // _PNG_BYTES_PER_CHUNK
     while True:
+        chunks += 1
+        if chunks > max_chunks:
+            raise _FormatError(f'PNG has more than {max_chunks} chunks in {buf.nbytes} bytes '
+                               f'(one per {_PNG_BYTES_PER_CHUNK} bytes at most)')
         ctype, end = _png_chunk(buf, pos)
         if ctype == b'IHDR' and pos != 8:
             raise _FormatError(f'PNG has a second IHDR chunk at byte {pos}')
@@ -492,7 +502,12 @@ def _jpeg_stream(buf: memoryview) -> tuple[CompressedHeader, bytes]:
                 raise _FormatError(f'JPEG scan (SOS) at byte {start} comes before any frame '
                                    'header (SOF)')
             kept.append(buf[start:])
-            return header, b''.join(kept)
+            stream = b''.join(kept)
+            # 0xFF in entropy-coded data is followed by 0x00 or RSTn, so this counts SOS markers.
+            scans = stream.count(b'\xff\xda')
+            if scans > _JPEG_MAX_SCANS:
+                raise _FormatError(f'JPEG has {scans} scans, more than {_JPEG_MAX_SCANS}')
+            return header, stream
         if marker in _JPEG_SOF:
             if header is not None:
                 raise _FormatError(f'JPEG has a second frame header at byte {start}')

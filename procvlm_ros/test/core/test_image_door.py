@@ -59,6 +59,7 @@ def pil_bytes(array, fmt, **kw):
 JPEG = rgb_to_jpeg(gradient(), 95)
 PNG = pil_bytes(gradient(), 'PNG')
 SOF = JPEG.index(b'\xff\xc0')  # Pillow writes a baseline frame header
+PROGRESSIVE = pil_bytes(gradient(), 'JPEG', progressive=True)  # 10 scans
 
 
 def patch(data, at, new):
@@ -119,7 +120,11 @@ COMPRESSED_CASES = {
     'jpeg-no-sof': (JPEG[:SOF] + JPEG[SOF + 19:], r'JPEG scan \(SOS\) at byte \d+ comes before'),
     'jpeg-eoi-first': (b'\xff\xd8\xff\xd9', r'JPEG ends \(EOI at byte 2\) before any scan'),
     'jpeg-unknown-marker': (patch(JPEG, 3, b'\xf7'), r'unsupported marker 0xFFF7 at byte 2'),
+    'jpeg-too-many-scans': (PROGRESSIVE[:-2] + PROGRESSIVE[PROGRESSIVE.rindex(b'\xff\xda'):-2] * 95
+                            + b'\xff\xd9', r'JPEG has 105 scans, more than 100'),
     # Broken PNG structure.
+    'png-chunk-flood': (png(before=[chunk(b'IDAT', b'')] * 2000),
+                        r'PNG has more than \d+ chunks in \d+ bytes \(one per 256 bytes'),
     'png-wrong-crc': (PNG[:-16] + bytes([PNG[-16] ^ 1]) + PNG[-15:], r'has a wrong CRC'),
     'png-idat-short': (png(rows=10), r'PNG pixel data inflates to 1930 bytes, fewer than the '
                        r'9264 the header needs \(truncated IDAT\)'),
