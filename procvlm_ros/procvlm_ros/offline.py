@@ -11,21 +11,22 @@ a rosbag2 topic can be scored too, with ``timestamp_sec`` taken from header stam
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 from procvlm_ros.core.backends import create_backend
 from procvlm_ros.core.backends.base import Backend
-from procvlm_ros.core.config import BackendConfig
+from procvlm_ros.core.config import BackendConfig, WindowConfig
 from procvlm_ros.core.errors import ProcVlmError
 from procvlm_ros.core.estimator import ProgressEstimator
+from procvlm_ros.core.monitor import Admission, Monitor
 from procvlm_ros.core.prompt import validate_task
-from procvlm_ros.core.sampling import build_uniform_indices, window_positions
+from procvlm_ros.core.sampling import build_uniform_indices
 from procvlm_ros.core.types import Frame, ProgressEstimate, Status
 
 _LOG = logging.getLogger(__name__)
@@ -102,27 +103,53 @@ def make_output_record(*, source: Source, task: str, sample_index: int, frame: F
         'progress_source': estimate.progress_source,
         'reasoning': estimate.reasoning,
         'model_output': estimate.model_output,
+        # Beside the official keys: the cost of this window's decoding.
+        'decoder_passes': estimate.decoder_passes,
+        'draft_tokens_accepted': estimate.draft_tokens_accepted,
     }
     if source.topic is not None:
         record['image_topic'] = source.topic
     return record
 
 
-def score_source(source: Source, estimator: ProgressEstimator, *, window_size: int = 8,
+def file_monitor(backend: Backend, task: str, *, window_size: int = 8,
+                 jpeg_roundtrip: bool = True, pre_resize_patch_size: int = 14,
+                 speculation: bool = False,
+                 estimator: ProgressEstimator | None = None) -> Monitor:
+    """The core Monitor set up for a file: every sampled frame, order as given, 0.0 start."""
+    estimator = estimator or ProgressEstimator(
+        backend, task, jpeg_roundtrip=jpeg_roundtrip,
+        pre_resize_patch_size=pre_resize_patch_size, cache_size=2 * max(1, window_size))
+    return Monitor(backend, window=WindowConfig(window_size=max(1, int(window_size)),
+                                                sample_period_s=0.0,
+                                                jpeg_roundtrip=jpeg_roundtrip),
+                   task=task, stale_after_s=math.inf, initial_percent=0.0, live=False,
+                   speculation=speculation, estimator=estimator)
+
+
+def score_source(source: Source, scorer: Monitor | ProgressEstimator, *, window_size: int = 8,
                  max_frames: int | None = None, max_sampled_frames: int = 512,
                  output_path: Path | None = None,
                  show_progress: bool = True) -> list[dict[str, Any]]:
-    """Evaluate every sampled frame's window; write JSONL rows as they are produced."""
+    """
+    Evaluate every sampled frame's window; write JSONL rows as they are produced.
+
+    ``scorer`` is a :class:`Monitor` made by :func:`file_monitor` (or, for older callers, a
+    :class:`ProgressEstimator`, wrapped in one). Its backend must be loadable; the caller closes
+    it.
+    """
     from tqdm import tqdm
 
+    monitor = scorer if isinstance(scorer, Monitor) else file_monitor(
+        scorer.backend, scorer.task, window_size=window_size, estimator=scorer)
+    if not monitor.load():
+        raise ProcVlmError(f'cannot load backend: {monitor.load_error}')
     indices = build_uniform_indices(source.total_frames, max_sampled_frames, max_frames)
     if not indices:
         raise ProcVlmError(f'no frames selected from {source.path} '
                            f'({source.total_frames} frames, max_frames={max_frames})')
     _LOG.info('frame policy: source=%d sampled=%d fps=%s', source.total_frames, len(indices),
               source.fps)
-    size = max(1, int(window_size))
-    recent: deque[Frame] = deque(maxlen=size)  # only the frames a window can still reach
     records: list[dict[str, Any]] = []
     out = None
     if output_path is not None:
@@ -134,20 +161,10 @@ def score_source(source: Source, estimator: ProgressEstimator, *, window_size: i
                    disable=not show_progress)
         for sample_index, frame in enumerate(source.read(indices)):
             first_stamp = frame.stamp_ns if first_stamp is None else first_stamp
-            recent.append(frame)
-            # Positions are sample indices; map them into the bounded deque of recent frames.
-            positions = window_positions(sample_index, size)
-            offset = sample_index - len(recent) + 1
-            window = [recent[p - offset] if p >= offset else recent[0] for p in positions]
-            estimate = estimator.estimate(window, keys=[(0, p) for p in positions])
-            if estimate.status is Status.ERROR:
-                # Offline there is nobody to watch a status: stop rather than write rows
-                # that silently carry a stale value forward.
-                raise ProcVlmError(f'window {sample_index} (frame {frame.index}) failed: '
-                                   f'{estimate.status_message}')
+            estimate = _score_frame(monitor, frame, sample_index)
             record = make_output_record(
-                source=source, task=estimator.task, sample_index=sample_index, frame=frame,
-                first_stamp_ns=first_stamp, window_frame_indices=[f.index for f in window],
+                source=source, task=monitor.task, sample_index=sample_index, frame=frame,
+                first_stamp_ns=first_stamp, window_frame_indices=list(estimate.frame_indices),
                 estimate=estimate)
             records.append(record)
             if out is not None:
@@ -163,6 +180,19 @@ def score_source(source: Source, estimator: ProgressEstimator, *, window_size: i
         raise ProcVlmError(f'{source.path}: decoded {len(records)} of {len(indices)} '
                            'selected frames; the file may be truncated')
     return records
+
+
+def _score_frame(monitor: Monitor, frame: Frame, sample_index: int) -> ProgressEstimate:
+    verdict = monitor.offer(frame, frame.stamp_ns)
+    if verdict.admission is Admission.REJECTED:
+        raise ProcVlmError(f'frame {frame.index} cannot be scored: {verdict.message}')
+    estimate = monitor.step(frame.stamp_ns).estimate
+    if estimate is None or estimate.status is Status.ERROR:
+        # Offline there is nobody to watch a status: stop rather than write rows that
+        # silently carry a stale value forward.
+        why = estimate.status_message if estimate is not None else 'no window was evaluated'
+        raise ProcVlmError(f'window {sample_index} (frame {frame.index}) failed: {why}')
+    return estimate
 
 
 def infer_progress_from_video(*, video_path: str | Path, task: str, model_path: str = '',
@@ -188,6 +218,7 @@ def infer_progress_from_video(*, video_path: str | Path, task: str, model_path: 
     if isinstance(backend, Backend):
         runner = backend
         patch = backend_options.get('pre_resize_patch_size', 14)
+        speculation = bool(backend_options.get('speculation', False))
     else:
         dtype = _DTYPES.get(str(torch_dtype).lower())
         if dtype is None:
@@ -197,12 +228,12 @@ def infer_progress_from_video(*, video_path: str | Path, task: str, model_path: 
                                max_new_tokens=max_new_tokens, temperature=temperature,
                                enable_value_head=enable_value_head, **backend_options)
         runner, patch = create_backend(config), config.pre_resize_patch_size
+        speculation = config.speculation and config.temperature == 0
     out = Path(output_path).expanduser().resolve() if output_path else None
     with runner:
-        estimator = ProgressEstimator(runner, task, jpeg_roundtrip=jpeg,
-                                      pre_resize_patch_size=patch, initial_percent=0.0,
-                                      cache_size=2 * max(1, window_size))
-        records = score_source(source, estimator, window_size=window_size,
+        monitor = file_monitor(runner, task, window_size=window_size, jpeg_roundtrip=jpeg,
+                               pre_resize_patch_size=patch, speculation=speculation)
+        records = score_source(source, monitor, window_size=window_size,
                                max_frames=max_frames, max_sampled_frames=max_sampled_frames,
                                output_path=out, show_progress=show_progress)
     if plot and out is not None:

@@ -49,7 +49,8 @@ class FrameWindow:
     def due(self, stamp_ns: int) -> bool:
         """Whether a frame with this stamp is at least one sample period after the last kept."""
         last = self._last_kept_ns
-        return last is None or stamp_ns - last >= self._period_ns
+        # Period 0 keeps every frame, whatever its stamp (files: order is the truth).
+        return self._period_ns == 0 or last is None or stamp_ns - last >= self._period_ns
 
     def offer(self, frame: Frame) -> bool:
         """Keep ``frame`` if it is due; return whether it was kept."""

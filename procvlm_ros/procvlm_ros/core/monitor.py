@@ -128,8 +128,12 @@ class Monitor:
     :param max_image_pixels: Frames larger than this are refused at the door.
     :param initial_percent: Carry-forward start: None live (nothing before the model speaks),
         0.0 offline (the official records).
-    :param check_clock: Check stamps against ``now_ns`` (live); off for files.
+    :param live: Check stamps at the door (zero, negative, against the clock, out of order,
+        time jumps). Off for files, whose frame order is the truth and whose stamps may start
+        at zero.
     :param speculation: Pass the previous answer of the episode to the backend as a draft.
+    :param estimator: Use this estimator (its backend and preprocessing settings) instead of
+        building one.
     """
 
     def __init__(self, backend: Backend, *, window: WindowConfig | None = None,
@@ -137,15 +141,15 @@ class Monitor:
                  stale_after_s: float = 5.0, min_inference_period_s: float = 0.0,
                  status_period_s: float = 1.0, pre_resize_patch_size: int = 14,
                  max_image_pixels: int = image_ops.DEFAULT_MAX_PIXELS,
-                 initial_percent: float | None = None, check_clock: bool = True,
-                 speculation: bool = False) -> None:
+                 initial_percent: float | None = None, live: bool = True,
+                 speculation: bool = False, estimator: ProgressEstimator | None = None) -> None:
         self.backend = backend
         self._window_cfg = window or WindowConfig()
         self._lock = threading.Lock()
         self._step_lock = threading.Lock()  # one step at a time
         self._backend_state = BackendState.UNLOADED
         self._load_error = ''
-        self._estimator = ProgressEstimator(
+        self._estimator = estimator or ProgressEstimator(
             backend, 'unset', jpeg_roundtrip=self._window_cfg.jpeg_roundtrip,
             pre_resize_patch_size=pre_resize_patch_size,
             cache_size=2 * self._window_cfg.window_size)
@@ -157,7 +161,7 @@ class Monitor:
         self._status_period_ns = int(status_period_s * NS)
         self._max_pixels = int(max_image_pixels)
         self._initial = initial_percent
-        self._check_clock = check_clock
+        self._live = live
         self.speculation = speculation
         self._task = validate_task(task) if task.strip() else ''
         self._episode = 0
@@ -279,25 +283,27 @@ class Monitor:
 
     def _check_stamp(self, stamp_ns: int, now_ns: int) -> StampVerdict:
         cfg = self._window_cfg
+        if not self._live:
+            return StampVerdict(Admission.KEPT if self._window.due(stamp_ns)
+                                else Admission.SKIPPED)
         if stamp_ns <= 0:
             return StampVerdict(Admission.REJECTED, f'header stamp is {_fmt_stamp(stamp_ns)}: '
                                 'the camera driver does not stamp its frames')
-        if self._check_clock:
-            ahead = (stamp_ns - now_ns) / NS
-            if ahead > cfg.max_stamp_future_s:
-                return StampVerdict(Admission.REJECTED, f'header stamp is {ahead:.1f} s ahead '
-                                    'of the node clock (camera clock not synchronised?)')
-            age = -ahead
-            if cfg.max_stamp_age_s > 0 and age > cfg.max_stamp_age_s:
-                return StampVerdict(Admission.REJECTED, f'header stamp is {age:.1f} s older '
-                                    'than the node clock (playing a bag? use --clock and '
-                                    'use_sim_time:=true)')
+        ahead = (stamp_ns - now_ns) / NS
+        if ahead > cfg.max_stamp_future_s:
+            return StampVerdict(Admission.REJECTED, f'header stamp is {ahead:.1f} s ahead '
+                                'of the node clock (camera clock not synchronised?)')
+        age = -ahead
+        if cfg.max_stamp_age_s > 0 and age > cfg.max_stamp_age_s:
+            return StampVerdict(Admission.REJECTED, f'header stamp is {age:.1f} s older '
+                                'than the node clock (playing a bag? use --clock and '
+                                'use_sim_time:=true)')
         newest = self._newest_stamp
         if newest is not None and stamp_ns <= newest:
             back = (newest - stamp_ns) / NS
-            if stamp_ns == newest or (back <= cfg.time_jump_back_s):
-                if stamp_ns == newest:
-                    return StampVerdict(Admission.SKIPPED)
+            if stamp_ns == newest:
+                return StampVerdict(Admission.SKIPPED)
+            if back <= cfg.time_jump_back_s:
                 return StampVerdict(Admission.REJECTED,
                                     f'frame stamped {back:.3f} s before the newest one '
                                     '(out of order)')

@@ -290,7 +290,7 @@ def test_a_repeated_stamp_is_skipped_not_rejected():
 
 
 def test_clock_checks_are_off_for_files():
-    monitor, _ = make(check_clock=False)
+    monitor, _ = make(live=False)
     assert monitor.offer(frame(-900.0), at(0)).admission is Admission.KEPT  # 900 s old
 
 

@@ -21,6 +21,7 @@ from procvlm_ros.testing.tiny_model import build_tiny_checkpoint
 
 pytestmark = pytest.mark.slow
 TASK = 'stack the blocks'
+EXTRA_KEYS = ['decoder_passes', 'draft_tokens_accepted']
 OFFICIAL_KEYS = ['video_path', 'task', 'sample_index', 'frame_index', 'timestamp_sec',
                  'window_frame_indices', 'progress', 'parsed_progress', 'progress_source',
                  'reasoning', 'model_output']
@@ -86,7 +87,8 @@ def test_video_records_match_official_layout_and_reference(model_dir, video, tmp
                   '--max_sampled_frames', '6')
     assert res.returncode == 0, res.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [list(r) for r in records] == [OFFICIAL_KEYS] * 6
+    # The official keys, in order, then the decoding cost beside them.
+    assert [list(r) for r in records] == [OFFICIAL_KEYS + EXTRA_KEYS] * 6
     assert [r['frame_index'] for r in records] == [0, 4, 8, 11, 15, 19]
     assert [r['sample_index'] for r in records] == list(range(6))
     assert records[2]['window_frame_indices'] == [0, 0, 0, 0, 0, 0, 4, 8]
