@@ -17,7 +17,7 @@ Results are reproducible for the same seed, arguments and thread count.
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 import json
 import logging
 import math
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from procvlm_ros import demo_model
+from procvlm_ros.cli.options import add_field_options, Override
 from procvlm_ros.demo_model import spec
 from procvlm_ros.demo_model.card import data_card
 from procvlm_ros.demo_model.dataset import (
@@ -384,13 +385,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='python -m procvlm_ros.demo_model.train',
                                 description=__doc__.split('\n\n')[0])
-    p.add_argument('--out', required=True, help='checkpoint directory to write')
-    # Every other TrainConfig field is an option with its default (annotations are strings).
-    kinds = {'int': int, 'float': float}
-    for f in fields(TrainConfig):
-        if f.name != 'out':
-            p.add_argument('--' + f.name.replace('_', '-'), type=kinds[str(f.type)],
-                           default=f.default)
+    # Every TrainConfig field is an option with its type and default.
+    add_field_options(p, TrainConfig, dashes=True,
+                      overrides={'out': Override(help='checkpoint directory to write')})
     return p
 
 
