@@ -10,21 +10,21 @@ transient local) and logged. Frames are stamped with the node clock at publicati
 camera driver would stamp them.
 
 After the last frame the camera keeps publishing the final frame (a real camera does not stop)
-unless ``loop`` restarts the episode or ``exit_when_done`` ends the process.
+unless ``loop`` restarts the episode or ``exit_when_done`` ends the process. Frames go out
+from a timer while the node spins, so its parameter services answer (``ros2 param``).
 """
 
 from __future__ import annotations
 
 import sys
-import time
 
-import rclpy
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
+from rclpy.task import Future
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float32, Header, String
 
-from procvlm_ros.ros.standalone import run_blocking_node
+from procvlm_ros.ros.standalone import spin_node
 from procvlm_ros.ros.views import rgb_to_image_msg
 from procvlm_ros.synth.episode import DEFAULT_FPS, EPISODE_KINDS, generate_episode
 from procvlm_ros.synth.scene import TASK_KINDS
@@ -64,6 +64,14 @@ class SyntheticCamera(Node):
             f'{self.episode.episode_id} seed {seed} [{kind}/{self.episode.task.kind}] '
             f'"{self.episode.task.sentence}": {self.episode.num_frames} frames '
             f'{self.episode.width}x{self.episode.height} at {fps:g} Hz; stalls: {stalls}')
+        self.finished = Future()  # done after the last frame with exit_when_done
+        self._next = 0
+        self._frame_timer = None
+        self._delay_timer = None
+        if self.start_delay_s > 0:
+            self._delay_timer = self.create_timer(self.start_delay_s, self._start)
+        else:
+            self._start()
 
     def publish_frame(self, i: int) -> None:
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.frame_id)
@@ -71,25 +79,27 @@ class SyntheticCamera(Node):
         if self.gt_pub is not None:
             self.gt_pub.publish(Float32(data=float(self.progress[i])))
 
-    def run(self) -> None:
-        time.sleep(max(0.0, self.start_delay_s))
-        next_t = time.monotonic()
+    def _start(self) -> None:
+        if self._delay_timer is not None:
+            self._delay_timer.cancel()  # one shot
+        self._frame_timer = self.create_timer(self.period, self._tick)
+        self._tick()  # the first frame at once, the next ones every period
+
+    def _tick(self) -> None:
         last = self.episode.num_frames - 1
-        i = 0
-        while rclpy.ok():
-            self.publish_frame(min(i, last))
-            next_t += self.period
-            time.sleep(max(0.0, next_t - time.monotonic()))
-            i += 1
-            if i > last:
-                if self.loop:
-                    i = 0
-                elif self.exit_when_done:
-                    return
+        if self._next > last:
+            if self.loop:
+                self._next = 0
+            elif self.exit_when_done:  # one period after the last frame, as a camera would
+                self._frame_timer.cancel()
+                self.finished.set_result(True)
+                return
+        self.publish_frame(min(self._next, last))  # past the end: the final frame again
+        self._next = min(self._next + 1, last + 1)
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_blocking_node(SyntheticCamera, args)
+    return spin_node(SyntheticCamera, 'synthetic_camera', args)
 
 
 if __name__ == '__main__':
