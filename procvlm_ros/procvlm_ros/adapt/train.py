@@ -46,6 +46,7 @@ class TrainSettings:
 
     rank: int = 64
     alpha: float = 128.0
+    targets: str = ','.join(TARGETS)  # language-model module names (comma-separated)
     dropout: float = 0.05
     lr: float = 1e-5
     epochs: float = 3.0
@@ -288,7 +289,7 @@ def train_adapter(base: str | Path, data_dirs: list[str] | str, out: str | Path,
 
     peft_cfg = LoraConfig(r=settings.rank, lora_alpha=settings.alpha,
                           lora_dropout=settings.dropout, bias='none',
-                          target_modules=list(TARGETS), task_type='CAUSAL_LM')
+                          target_modules=_targets(settings), task_type='CAUSAL_LM')
     peft_model = get_peft_model(model, peft_cfg)
     if gradient_checkpointing:
         peft_model.gradient_checkpointing_enable()
@@ -353,7 +354,7 @@ def train_adapter(base: str | Path, data_dirs: list[str] | str, out: str | Path,
     peft_model.eval()
     peft_model.save_pretrained(str(out_dir))
     _fix_base_path(out_dir, base_dir)
-    processor.save_pretrained(str(out_dir))
+    save_processor_files(base_dir, out_dir, settings)
     if head is not None:
         torch.save({k: v.detach().cpu().float().clone() for k, v in head.state_dict().items()},
                    out_dir / lora.ADAPTER_HEAD)
@@ -370,6 +371,42 @@ def train_adapter(base: str | Path, data_dirs: list[str] | str, out: str | Path,
     (out_dir / lora.FINGERPRINT_FILE).write_text(json.dumps(summary, indent=1),
                                                  encoding='utf-8')
     return summary
+
+
+def save_processor_files(base_dir: Path, out_dir: Path, settings: TrainSettings) -> None:
+    """
+    The base's tokenizer/processor files with the training pixel limits, as the official
+    trainer's ``processor.save_pretrained`` leaves them (``preprocessor_config.json`` layout of
+    transformers 4.57, which 5.x also reads).
+    """
+    import shutil
+
+    from procvlm_ros.adapt.merge import PROCESSOR_FILES
+
+    for name in PROCESSOR_FILES:
+        if (base_dir / name).is_file():
+            shutil.copyfile(base_dir / name, out_dir / name)
+    pre_path = out_dir / 'preprocessor_config.json'
+    if pre_path.is_file() and (settings.min_pixels or settings.max_pixels):
+        pre = json.loads(pre_path.read_text(encoding='utf-8'))
+        size = dict(pre.get('size') or {})
+        if settings.min_pixels:
+            size['shortest_edge'] = settings.min_pixels
+            pre['min_pixels'] = settings.min_pixels if 'min_pixels' in pre else None
+        if settings.max_pixels:
+            size['longest_edge'] = settings.max_pixels
+            pre['max_pixels'] = settings.max_pixels if 'max_pixels' in pre else None
+        pre['size'] = size
+        pre = {k: v for k, v in pre.items() if v is not None}
+        pre_path.write_text(json.dumps(pre, indent=2), encoding='utf-8')
+
+
+def _targets(settings: TrainSettings) -> list[str]:
+    names = [t.strip() for t in settings.targets.split(',') if t.strip()]
+    if not names:
+        raise ConfigError('targets is empty')
+    # Only the language model: Qwen3-VL's vision blocks name theirs qkv/proj/linear_fc*.
+    return names
 
 
 def _fix_base_path(out_dir: Path, base_dir: Path) -> None:

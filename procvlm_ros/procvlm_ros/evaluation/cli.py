@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--device', default='cpu')
     p.add_argument('--dtype', default='fp32')
     p.add_argument('--engine-dir', default='', help='exported model (onnxruntime/tensorrt)')
+    p.add_argument('--adapter', default='',
+                   help='LoRA adapter applied on top of --model (transformers backend)')
     p.add_argument('--max-new-tokens', type=int, default=256)
     p.add_argument('--max-episodes', type=int, default=None)
     p.add_argument('--done-threshold', type=float, default=DONE_THRESHOLD,
@@ -74,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                                'max_new_tokens': args.max_new_tokens}
     if args.engine_dir:
         options['engine_dir'] = args.engine_dir
+    if args.adapter:
+        options['adapter'] = args.adapter
     try:
         report, results = evaluate(args.episodes, model=args.model, backend=args.backend,
                                    prefer=args.input, max_episodes=args.max_episodes,

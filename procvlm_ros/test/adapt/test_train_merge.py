@@ -1,0 +1,120 @@
+"""procvlm-adapt train (reproducible, official files) and merge (token-identical, ONNX export)."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from procvlm_ros.adapt.cli import main as adapt_main
+from procvlm_ros.adapt.train import PRESETS, train_adapter, TrainSettings
+from procvlm_ros.core.backends import lora_adapter as lora
+from procvlm_ros.media.video import write_video
+from procvlm_ros.offline import infer_progress_from_video
+from procvlm_ros.testing.tiny_model import build_tiny_checkpoint
+
+pytest.importorskip('peft')
+pytestmark = pytest.mark.slow
+TASK = 'open the drawer'
+TINY = TrainSettings(rank=4, alpha=8.0, dropout=0.0, lr=5e-3, steps=3, batch_size=2,
+                     grad_accum=2, warmup_ratio=0.34, value_head='auto', min_pixels=0,
+                     max_pixels=0, seed=5)
+
+
+def frames(n=10, h=48, w=64):
+    out = []
+    for i in range(n):
+        img = np.full((h, w, 3), 60 + 10 * i, np.uint8)
+        img[10:30, 2 + 4 * i:14 + 4 * i] = (250, 30, 30)
+        out.append(img)
+    return out
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp('adapt')
+    base = build_tiny_checkpoint(root / 'base', seed=3, with_value_head=True)
+    video = write_video(root / 'demo.mp4', frames(), fps=2.0)
+    stages = root / 'stages.yaml'
+    stages.write_text(yaml.safe_dump({'task': TASK, 'done': True, 'stages': [
+        {'description': 'reach the knob', 'end_frame': 3},
+        {'description': 'pull it open', 'end_frame': 7}]}))
+    assert adapt_main(['annotate', '--source', str(video), '--out', str(root / 'ann'),
+                       '--stages', str(stages)]) == 0
+    assert adapt_main(['dataset', str(root / 'ann'), '--out', str(root / 'data')]) == 0
+    adapter = root / 'adapter'
+    summary = train_adapter(base, [str(root / 'data')], adapter, TINY, device='cpu',
+                            show_progress=False)
+    return base, root, adapter, video, summary
+
+
+def test_official_recipe_is_the_default():
+    s = PRESETS['official']
+    assert (s.rank, s.alpha, s.dropout, s.lr, s.epochs) == (64, 128.0, 0.05, 1e-5, 3.0)
+    assert (s.batch_size, s.grad_accum, s.warmup_ratio, s.weight_decay) == (4, 2, 0.05, 0.01)
+    assert (s.value_loss_weight, s.min_pixels, s.max_pixels) == (0.1, 1024, 262144)
+    assert PRESETS['demo'].value_head == 'off'
+
+
+def test_adapter_folder_like_the_official_one(setup):
+    base, root, adapter, _, summary = setup
+    cfg = json.loads((adapter / 'adapter_config.json').read_text())
+    assert cfg['base_model_name_or_path'] == str(base.resolve())
+    assert cfg['r'] == 4 and sorted(cfg['target_modules']) == ['k_proj', 'o_proj', 'q_proj',
+                                                               'v_proj']
+    for name in ('adapter_model.safetensors', 'procvlm_head.bin', 'preprocessor_config.json',
+                 'tokenizer.json', lora.FINGERPRINT_FILE, 'training_log.jsonl'):
+        assert (adapter / name).is_file(), name
+    log = [json.loads(line) for line in (adapter / 'training_log.jsonl').read_text().splitlines()]
+    assert [r['step'] for r in log] == [0, 1, 2]
+    assert all(np.isfinite(r['loss']) and 'value_l1' in r for r in log)
+    assert summary['value_head'].startswith('from procvlm_head.pt')
+    import torch
+    head = torch.load(adapter / 'procvlm_head.bin', weights_only=True)
+    base_head = torch.load(base / 'procvlm_extra' / 'procvlm_head.pt', weights_only=True)
+    assert len(head) == 14 and set(head) == set(base_head)
+    assert not torch.equal(head['value_head.8.weight'], base_head['value_head.8.weight'])
+
+
+def test_training_is_reproducible(setup, tmp_path):
+    from safetensors.torch import load_file
+
+    base, root, adapter, _, _ = setup
+    again = tmp_path / 'again'
+    train_adapter(base, [str(root / 'data')], again, TINY, device='cpu', show_progress=False)
+    a = load_file(str(adapter / 'adapter_model.safetensors'))
+    b = load_file(str(again / 'adapter_model.safetensors'))
+    assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+    assert (adapter / 'training_log.jsonl').read_text() == (
+        again / 'training_log.jsonl').read_text()
+
+
+def records(video, **kw):
+    return infer_progress_from_video(video_path=video, task=TASK, torch_dtype='fp32',
+                                     max_new_tokens=12, device='cpu', plot=False,
+                                     show_progress=False, attn_implementation='eager', **kw)
+
+
+def test_merged_checkpoint_gives_the_same_tokens_on_every_window(setup, tmp_path):
+    base, root, adapter, video, _ = setup
+    merged = tmp_path / 'merged'
+    assert adapt_main(['merge', '--adapter', str(adapter), '--out', str(merged)]) == 0
+    for name in ('model.safetensors', 'config.json', 'generation_config.json',
+                 'chat_template.jinja', 'preprocessor_config.json', 'procvlm_head.bin'):
+        assert (merged / name).is_file(), name
+    assert not (merged / 'adapter_config.json').exists()
+    unmerged = records(video, model_path=str(base), adapter=str(adapter))
+    plain = records(video, model_path=str(merged))
+    assert len(unmerged) == 10
+    assert [r['model_output'] for r in plain] == [r['model_output'] for r in unmerged]
+    base_only = records(video, model_path=str(base))
+    assert [r['model_output'] for r in base_only] != [r['model_output'] for r in unmerged]
+    # The merged checkpoint exports to ONNX; onnxruntime answers as the adapted reference.
+    from procvlm_ros.export import cli as export_cli
+
+    folder = tmp_path / 'onnx'
+    assert export_cli.main(['--quiet', 'onnx', '--model', str(merged), '--out', str(folder),
+                            '--image-size', '64x48', '--max-frames', '8']) == 0
+    ort = records(video, model_path='', backend='onnxruntime', engine_dir=str(folder))
+    assert [r['model_output'] for r in ort] == [r['model_output'] for r in unmerged]
+    assert adapt_main(['merge', '--adapter', str(adapter), '--out', str(merged)]) == 2
