@@ -9,6 +9,8 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 PKG = Path(__file__).resolve().parents[1]
 MAKEFILE = PKG.parent / 'Makefile'
 
@@ -36,6 +38,7 @@ def collect(args: list[str]) -> tuple[int, int]:
     return int(m.group(1)), total - int(m.group(1))
 
 
+@pytest.mark.slow  # collects test/core twice (imports torch): 10-30 s on a shared 2-core machine
 def test_test_core_deselects_exactly_the_slow_tests():
     args = recipe_pytest_args('test-core')
     assert args[0] == 'test/core' and '-m' in args
