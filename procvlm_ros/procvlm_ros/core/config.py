@@ -163,8 +163,9 @@ class MonitorConfig:
         'best_effort or reliable.', choices=('auto', 'best_effort', 'reliable')))
     qos_depth: int = field(default=2, metadata=param(
         'Image subscription queue depth (small: only the newest frames matter).', lo=1, hi=100))
-    max_image_pixels: int = field(default=33_177_600, metadata=param(
-        'Frames with more pixels than this are rejected (default 7680x4320).', lo=1))
+    max_image_pixels: int = field(default=16_777_216, metadata=param(
+        'Frames with more pixels than this are rejected before decoding (default 4096x4096, '
+        'the most the Qwen3-VL processor keeps; larger frames would only be shrunk).', lo=1))
     stale_after_s: float = field(default=5.0, metadata=param(
         'No frame for this long puts the monitor in STALE_INPUT.', lo=0.1, hi=3600.0,
         read_only=False))
