@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument('--workers', type=int, default=1, help='Ray actors (each holds a model)')
     run.add_argument('--worker-cpus', type=float, default=1.0)
     run.add_argument('--worker-gpus', type=float, default=0.0)
+    run.add_argument('--torch-threads', type=int, default=None,
+                     help='torch intra-op threads per worker (default: torch decides; Ray '
+                     'workers get their CPU count)')
     run.add_argument('--quiet', action='store_true')
     sel = sub.add_parser('select', help='rank episodes, mark top k %% by advantage')
     sel.add_argument('--out', required=True, help='output folder of a run')
@@ -159,11 +162,12 @@ def run(args: argparse.Namespace) -> int:
         stats = runner.run_ray(todo, options, settings, handle, workers=args.workers,
                                address=None if args.ray_address == 'local'
                                else args.ray_address, cpus_per_worker=args.worker_cpus,
-                               gpus_per_worker=args.worker_gpus, show_progress=show)
+                               gpus_per_worker=args.worker_gpus, show_progress=show,
+                               torch_threads=args.torch_threads)
     else:
         from procvlm_ros.label.worker import Labeller
 
-        labeller = Labeller(options, settings)
+        labeller = Labeller(options, settings, args.torch_threads)
         try:
             stats = runner.run_local(todo, labeller, handle, show_progress=show)
         finally:

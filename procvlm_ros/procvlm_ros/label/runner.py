@@ -78,7 +78,7 @@ def run_local(specs: list[EpisodeSpec], labeller: Labeller,
 def run_ray(specs: list[EpisodeSpec], backend_options: dict[str, Any], settings: LabelSettings,
             handle: Callable[[Outcome], None], *, workers: int, address: str | None = None,
             cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
-            in_flight: int = 2, show_progress: bool = True,
+            in_flight: int = 2, show_progress: bool = True, torch_threads: int | None = None,
             on_actors: Callable[[list[Any]], None] | None = None) -> dict[str, Any]:
     """
     Label ``specs`` on Ray with ``workers`` actors (joins ``address`` unless Ray is already
@@ -92,7 +92,8 @@ def run_ray(specs: list[EpisodeSpec], backend_options: dict[str, Any], settings:
         ray.init(address=address, log_to_driver=False)
     remote = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=-1,
                         max_task_retries=-1)(Labeller)
-    actors = [remote.remote(backend_options, settings) for _ in range(max(1, int(workers)))]
+    actors = [remote.remote(backend_options, settings, torch_threads)
+              for _ in range(max(1, int(workers)))]
     if on_actors is not None:
         on_actors(actors)
     tally = Tally(len(specs), show_progress)

@@ -6,6 +6,7 @@ the settings, so a Ray worker and the local loop produce the same result.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 import math
 import time
@@ -63,9 +64,11 @@ def strided(source: Any, stride: int, stamps: dict[int, int]) -> Any:
     return replace(source, total_frames=total, read=read)
 
 
-def label_episode(spec: EpisodeSpec, estimator: Any, settings: LabelSettings) -> dict[str, Any]:
+def label_episode(spec: EpisodeSpec, make_scorer: Callable[[str], Any],
+                  settings: LabelSettings) -> dict[str, Any]:
     """
-    Score one episode and derive its per-frame labels and summary.
+    Score one episode and derive its per-frame labels and summary. ``make_scorer(task)``
+    returns a fresh ``offline.score_source`` scorer (a core Monitor) for the episode.
 
     :raises EpisodeError: For a problem of this episode (missing task, unreadable file, ...).
     """
@@ -74,13 +77,13 @@ def label_episode(spec: EpisodeSpec, estimator: Any, settings: LabelSettings) ->
     t0 = time.perf_counter()
     source = open_episode(spec)
     try:
-        estimator.new_episode(spec.task)
+        scorer = make_scorer(spec.task)
     except Exception as exc:  # invalid task text
         raise EpisodeError(f'bad task for {spec.episode_id}: {exc}') from exc
     cfg = settings.scoring
     stamps: dict[int, int] = {}
     try:
-        records = score_source(strided(source, cfg.stride, stamps), estimator,
+        records = score_source(strided(source, cfg.stride, stamps), scorer,
                                window_size=cfg.window_size, max_frames=_max_positions(cfg),
                                max_sampled_frames=cfg.max_sampled_frames, show_progress=False)
     except EpisodeError:

@@ -80,6 +80,8 @@ class LabelStore:
             for sub in ('episodes', 'records', 'failed'):
                 for p in (self.root / sub).glob('*'):
                     p.unlink()
+        for stale in self.root.glob('*/.*.tmp'):  # left by a killed run; never a result
+            stale.unlink()
         write_json(path, {'fingerprint': self.fingerprint, **self.config})
 
     def result_path(self, episode_id: str) -> Path:

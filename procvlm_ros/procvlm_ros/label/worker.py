@@ -11,42 +11,55 @@ from typing import Any
 from procvlm_ros.label.score import label_episode, LabelSettings
 from procvlm_ros.label.sources import EpisodeError, EpisodeSpec
 
-# Placeholder until the first episode sets its own task (the estimator needs a valid one).
-_NO_TASK = 'label episodes'
-
 
 class Labeller:
     """Loads the backend lazily (so constructing it on a Ray driver is cheap)."""
 
-    def __init__(self, backend_options: dict[str, Any], settings: LabelSettings) -> None:
+    def __init__(self, backend_options: dict[str, Any], settings: LabelSettings,
+                 torch_threads: int | None = None) -> None:
         self.backend_options = dict(backend_options)
         self.settings = settings
-        self._backend = None
-        self._estimator = None
+        self.torch_threads = torch_threads
+        self._threads_before: int | None = None
+        self._backend: Any = None
+        self._config: Any = None
 
     def _ensure(self) -> Any:
-        if self._estimator is None:
+        """A function task -> fresh per-episode scorer (the core Monitor, as procvlm-infer)."""
+        if self._backend is None:
+            if self.torch_threads:
+                # Several workers on one host: one intra-op pool each, or they spin on
+                # each other's cores (8x slower measured on a loaded 2-core machine).
+                import torch
+
+                self._threads_before = torch.get_num_threads()
+                torch.set_num_threads(int(self.torch_threads))
             from procvlm_ros.core.backends import create_backend
             from procvlm_ros.core.config import BackendConfig
-            from procvlm_ros.core.estimator import ProgressEstimator
 
             config = BackendConfig(**self.backend_options)
             backend = create_backend(config)
             backend.load()
             self._backend = backend
-            self._estimator = ProgressEstimator(
-                backend, _NO_TASK, jpeg_roundtrip=True,
-                pre_resize_patch_size=config.pre_resize_patch_size, initial_percent=0.0,
-                cache_size=2 * self.settings.scoring.window_size)
-        return self._estimator
+            self._config = config
+        return self._make_scorer
+
+    def _make_scorer(self, task: str) -> Any:
+        from procvlm_ros.offline import file_monitor
+
+        config = self._config
+        return file_monitor(self._backend, task,
+                            window_size=self.settings.scoring.window_size,
+                            pre_resize_patch_size=config.pre_resize_patch_size,
+                            speculation=bool(config.speculation and config.temperature == 0))
 
     def label(self, spec: EpisodeSpec) -> dict[str, Any]:
         """``{'ok': True, 'result': ...}`` or ``{'ok': False, 'reason': ...}`` (never raises
         for a problem of the episode; a broken backend still raises)."""
-        estimator = self._ensure()
+        make_scorer = self._ensure()
         try:
             return {'ok': True, 'episode_id': spec.episode_id,
-                    'result': label_episode(spec, estimator, self.settings)}
+                    'result': label_episode(spec, make_scorer, self.settings)}
         except EpisodeError as exc:
             return {'ok': False, 'episode_id': spec.episode_id, 'path': spec.path,
                     'reason': str(exc)}
@@ -57,4 +70,9 @@ class Labeller:
     def close(self) -> None:
         if self._backend is not None:
             self._backend.close()
-            self._backend = self._estimator = None
+            self._backend = self._config = None
+        if self._threads_before is not None:  # in-process: leave torch as it was
+            import torch
+
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None

@@ -13,6 +13,7 @@ depends only on pyarrow.
 from __future__ import annotations
 
 from collections.abc import Sequence
+import inspect
 import json
 from pathlib import Path
 import shutil
@@ -183,6 +184,9 @@ def write_progress_mcap(result: dict[str, Any], output: Path, backend: str = '')
     def stamp(ns: int) -> Any:
         return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
 
+    # Zero/empty for every field, so fields added to Progress.msg later stay valid.
+    defaults = {name: _zero(p.annotation) for name, p in
+                inspect.signature(Progress).parameters.items() if p.default is p.empty}
     tmp_dir = output.with_name(f'.{output.name}.tmpbag')
     shutil.rmtree(tmp_dir, ignore_errors=True)
     try:
@@ -193,19 +197,17 @@ def write_progress_mcap(result: dict[str, Any], output: Path, backend: str = '')
                 t = float(record['timestamp_sec'])
                 stalled = any(a <= t <= b for a, b in stalls)
                 carried = record['progress_source'] != 'model'
-                msg = Progress(
+                fields = dict(defaults,
                     header=Header(stamp=stamp(ns), frame_id=''), task=result['task'],
-                    episode=0, value=record['progress'] / 100.0,
-                    raw_value=record['progress'] / 100.0, remaining_actions=[],
+                    value=record['progress'] / 100.0, raw_value=record['progress'] / 100.0,
                     done=bool(done[record['frame_index']]), stalled=stalled,
-                    stalled_for_s=0.0, regressed=False, episode_time_s=t,
-                    status=1 if carried else 0, status_message='',
+                    episode_time_s=t, status=1 if carried else 0,
                     reasoning=record.get('reasoning') or '',
                     model_output=record.get('model_output') or '',
                     frame_stamps=[stamp(int(stamp_of[i]))
                                   for i in record['window_frame_indices']],
-                    backend=backend, inference_time_s=0.0, capture_to_publish_s=0.0,
-                    generated_tokens=0)
+                    backend=backend)
+                msg = Progress(**{k: v for k, v in fields.items() if k in defaults})
                 writer.write(conn, ns, store.serialize_cdr(msg, PROGRESS_MSGTYPE))
         produced = next(tmp_dir.glob('*.mcap'))
         with atomic_path(output) as tmp:
@@ -213,3 +215,10 @@ def write_progress_mcap(result: dict[str, Any], output: Path, backend: str = '')
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return output
+
+
+def _zero(annotation: Any) -> Any:
+    text = str(annotation)
+    if text.startswith('list') or 'ndarray' in text:
+        return []
+    return {'str': '', 'bool': False, 'int': 0, 'float': 0.0}.get(text)
