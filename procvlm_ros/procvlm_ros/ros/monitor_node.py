@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -25,6 +26,7 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Bool, Float32, Float64, Header
 from std_srvs.srv import Trigger
@@ -443,14 +445,21 @@ def _progress_msg(fields: dict[str, Any]) -> Progress:
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args if args is not None else sys.argv)
+    # Our own SIGINT/SIGTERM handling: rclpy's would invalidate the context at once, while the
+    # inference thread may still publish or log; this way the thread stops first, then ROS.
+    rclpy.init(args=args if args is not None else sys.argv,
+               signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     node = None
     executor = SingleThreadedExecutor()
     code = 0
     try:
         node = MonitorNode()
         executor.add_node(node)
-        executor.spin()
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
     except (ConfigError, ProcVlmError) as e:
         # Invalid parameters: refuse to start with one clear line.
         print(f'procvlm monitor: invalid configuration: {e}', file=sys.stderr)
