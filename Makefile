@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(abspath $(VENV))/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-core bench lint clean
+.PHONY: venv demo adapt-demo test test-core bench lint clean
 
 venv:
 	@scripts/setup_venv.sh $(VENV)
@@ -11,6 +11,11 @@ venv:
 ## Live demo: camera stream -> monitor node -> printed Progress, plot in out/demo/
 demo: venv
 	$(PY) scripts/demo.py --out out/demo
+
+## One-shot adaptation on the demo model: demonstrations of a held-out task family ->
+## annotate -> dataset -> LoRA train -> procvlm-eval before/after on 20 held-out episodes
+adapt-demo: venv
+	$(PY) -m procvlm_ros.adapt.demo --out out/adapt-demo
 
 ## Full test suite (core, backends, media, ROS nodes in separate processes, offline CLI)
 test: venv

@@ -167,14 +167,22 @@ def main() -> int:
     ap.add_argument('--seed', type=int, default=2026)
     ap.add_argument('--index', type=int, default=0)
     ap.add_argument('--max-seconds', type=float, default=240.0)
+    ap.add_argument('--adapter', default='',
+                    help='LoRA adapter on top of the model, e.g. from make adapt-demo '
+                         '(out/adapt-demo/adapter_one_success); the episode then comes from '
+                         'the held-out drawer family unless --task-kind says otherwise')
+    ap.add_argument('--task-kind', default='',
+                    help='synthetic task family (stack, push, bin, drawer); default: random, '
+                         'drawer with --adapter')
     args = ap.parse_args()
+    task_kind = args.task_kind or ('drawer' if args.adapter else '')
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
     from procvlm_ros import demo_model
     from procvlm_ros.synth.episode import DEFAULT_FPS, generate_episode
 
-    episode = generate_episode(args.seed, args.index, args.kind)
+    episode = generate_episode(args.seed, args.index, args.kind, task_kind or None)
     model, label = (args.model, 'checkpoint given with --model') if args.model else (
         default_model(out))
     print(f'Model: {label}\nEpisode: {args.kind} "{episode.task.sentence}", '
@@ -188,7 +196,8 @@ def main() -> int:
     rclpy.init()
     node = rclpy.create_node('demo_supervisor')
     procs = [spawn('procvlm_ros.ros.monitor_node', {
-        'model': model, 'task': episode.task.sentence, 'backend': 'transformers',
+        'model': model, 'adapter': str(Path(args.adapter).resolve()) if args.adapter else '',
+        'task': episode.task.sentence, 'backend': 'transformers',
         'device': 'cpu', 'dtype': 'fp32', 'window_size': 8,
         'sample_period_s': 1.0 / DEFAULT_FPS * 0.9, 'max_new_tokens': 96,
         # The demo model's supervision settings (chosen on validation episodes).
@@ -203,6 +212,7 @@ def main() -> int:
             return 1
         procs.append(spawn('procvlm_ros.ros.synthetic_camera', {
             'kind': args.kind, 'seed': args.seed, 'index': args.index, 'fps': DEFAULT_FPS,
+            'task_kind': task_kind,
             'publish_ground_truth': True, 'start_delay_s': 2.0}, out, 'camera', env))
         listener = Listener(node, time.monotonic())
         end = time.monotonic() + args.max_seconds

@@ -27,7 +27,7 @@ from std_msgs.msg import Float32, Header, String
 from procvlm_ros.ros.standalone import spin_node
 from procvlm_ros.ros.views import rgb_to_image_msg
 from procvlm_ros.synth.episode import DEFAULT_FPS, EPISODE_KINDS, generate_episode
-from procvlm_ros.synth.scene import TASK_KINDS
+from procvlm_ros.synth.scene import ALL_TASK_KINDS
 
 
 class SyntheticCamera(Node):
@@ -45,8 +45,9 @@ class SyntheticCamera(Node):
         publish_gt = bool(self.declare_parameter('publish_ground_truth', True).value)
         if kind not in EPISODE_KINDS:
             raise ValueError(f'kind must be one of {EPISODE_KINDS}, got {kind!r}')
-        if task_kind and task_kind not in TASK_KINDS:
-            raise ValueError(f'task_kind must be empty or one of {TASK_KINDS}, got {task_kind!r}')
+        if task_kind and task_kind not in ALL_TASK_KINDS:
+            raise ValueError(
+                f'task_kind must be empty or one of {ALL_TASK_KINDS}, got {task_kind!r}')
         if not fps > 0:
             raise ValueError(f'fps must be > 0, got {fps}')
         self.episode = generate_episode(seed, index, kind, task_kind or None, fps=fps)
