@@ -245,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args) if args.command == 'run' else run_select(args)
+    except KeyboardInterrupt:
+        print('procvlm-label: interrupted; finished episodes are kept, rerun to resume',
+              file=sys.stderr)
+        return 130
     except (ProcVlmError, ValueError, FileNotFoundError) as exc:
         print(f'procvlm-label: error: {exc}', file=sys.stderr)
         return 2 if isinstance(exc, ValueError) else 1
