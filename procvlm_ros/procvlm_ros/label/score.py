@@ -92,8 +92,11 @@ def label_episode(spec: EpisodeSpec, make_scorer: Callable[[str], Any],
         raise EpisodeError(f'{spec.episode_id}: scoring failed: {exc}') from exc
     num_frames = source.total_frames if cfg.max_frames is None else min(
         source.total_frames, cfg.max_frames)
-    return derive(spec, records, num_frames, source.fps, stamps, settings,
-                  seconds=time.perf_counter() - t0)
+    result = derive(spec, records, num_frames, source.fps, stamps, settings,
+                    seconds=time.perf_counter() - t0)
+    if 'dataset_from_index' in spec.extra:  # LeRobot: global frame index of frame 0
+        result['dataset_from_index'] = spec.extra['dataset_from_index']
+    return result
 
 
 def _max_positions(cfg: ScoringConfig) -> int | None:

@@ -1,0 +1,178 @@
+"""
+procvlm-label on LeRobot v3 datasets.
+
+The released ``lerobot`` (0.4.4) cannot be installed beside this project's torch 2.13 (it pins
+torch<2.11 and imports torchvision, which does not load here), so the dataset is laid out in
+the test by hand in LeRobot's v3 format (meta/info.json, meta/episodes, meta/tasks, data/,
+episodes concatenated in one mp4). ``test_with_lerobot_api`` builds it with LeRobot's own API
+and runs only where lerobot imports.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from procvlm_ros.label import cli
+from procvlm_ros.label.writers import read_frame_signals
+from procvlm_ros.synth import generate_episode
+
+from .conftest import MODEL_ARGS, SEED
+
+pa = pytest.importorskip('pyarrow')
+pq = pytest.importorskip('pyarrow.parquet')
+pytestmark = pytest.mark.slow
+KEY = 'observation.images.top'
+FAST = ['--stride', '4', '--max-frames', '16']
+
+
+def _write_v3(root, episodes, *, drop_video_of=None):
+    """LeRobot v3.0 layout (the fields LeRobotDatasetMetadata reads)."""
+    from procvlm_ros.media.video import write_video
+    from procvlm_ros.synth.export import VIDEO_OPTIONS
+
+    fps = int(episodes[0].fps)
+    frames, rows, data = [], [], {'index': [], 'episode_index': [], 'frame_index': [],
+                                  'timestamp': [], 'task_index': []}
+    tasks = sorted({e.task.sentence for e in episodes})
+    start = 0
+    for i, e in enumerate(episodes):
+        n = e.num_frames
+        row = {'episode_index': i, 'tasks': [e.task.sentence], 'length': n,
+               'data/chunk_index': 0, 'data/file_index': 0,
+               'dataset_from_index': start, 'dataset_to_index': start + n,
+               f'videos/{KEY}/chunk_index': 0, f'videos/{KEY}/file_index': 0,
+               f'videos/{KEY}/from_timestamp': start / fps,
+               f'videos/{KEY}/to_timestamp': (start + n) / fps,
+               'meta/episodes/chunk_index': 0, 'meta/episodes/file_index': 0}
+        if i == drop_video_of:
+            row[f'videos/{KEY}/chunk_index'] = None
+        rows.append(row)
+        frames += [e.frame(f) for f in range(n)]
+        data['index'] += range(start, start + n)
+        data['episode_index'] += [i] * n
+        data['frame_index'] += range(n)
+        data['timestamp'] += [f / fps for f in range(n)]
+        data['task_index'] += [tasks.index(e.task.sentence)] * n
+        start += n
+    h, w = frames[0].shape[:2]
+    info = {'codebase_version': 'v3.0', 'robot_type': None, 'total_episodes': len(episodes),
+            'total_frames': start, 'total_tasks': len(tasks), 'chunks_size': 1000,
+            'data_files_size_in_mb': 100, 'video_files_size_in_mb': 500, 'fps': fps,
+            'splits': {'train': f'0:{len(episodes)}'},
+            'data_path': 'data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet',
+            'video_path': 'videos/{video_key}/chunk-{chunk_index:03d}/'
+                          'file-{file_index:03d}.mp4',
+            'features': {KEY: {'dtype': 'video', 'shape': [h, w, 3],
+                               'names': ['height', 'width', 'channels']},
+                         **{k: {'dtype': 'int64' if k != 'timestamp' else 'float32',
+                                'shape': [1], 'names': None} for k in data}}}
+    (root / 'meta' / 'episodes' / 'chunk-000').mkdir(parents=True)
+    (root / 'meta' / 'info.json').write_text(json.dumps(info, indent=1))
+    pq.write_table(pa.Table.from_pylist(rows),
+                   root / 'meta' / 'episodes' / 'chunk-000' / 'file-000.parquet')
+    pq.write_table(pa.table({'task_index': range(len(tasks)), 'task': tasks}),
+                   root / 'meta' / 'tasks.parquet')
+    (root / 'data' / 'chunk-000').mkdir(parents=True)
+    pq.write_table(pa.table(data), root / 'data' / 'chunk-000' / 'file-000.parquet')
+    video = root / 'videos' / KEY / 'chunk-000' / 'file-000.mp4'
+    video.parent.mkdir(parents=True)
+    write_video(video, frames, fps, options=VIDEO_OPTIONS)
+    return root
+
+
+@pytest.fixture(scope='module')
+def episodes():
+    pytest.importorskip('torch')
+    return [generate_episode(SEED, i, kind, fps=2.0)
+            for i, kind in enumerate(['success', 'fail', 'stall'])]
+
+
+def test_lerobot_episode_frames_come_from_the_right_offsets(episodes, tmp_path):
+    from procvlm_ros.label.sources import discover, open_episode
+
+    root = _write_v3(tmp_path / 'ds', episodes)
+    specs = discover(root, 'lerobot')  # the only video key is picked
+    assert [s.task for s in specs] == [e.task.sentence for e in episodes]
+    for spec, episode in zip(specs, episodes):
+        source = open_episode(spec)
+        assert source.total_frames == episode.num_frames
+        picks = [0, episode.num_frames // 2, episode.num_frames - 1]
+        got = list(source.read(picks))
+        assert [f.index for f in got] == picks
+        for frame, i in zip(got, picks):
+            # H.264 at crf 18: the decoded frame is close to this episode's frame i ...
+            err = np.abs(frame.image.astype(int) - episode.frame(i).astype(int)).mean()
+            assert err < 3.0, (spec.episode_id, i, err)
+        other = episodes[(episodes.index(episode) + 1) % len(episodes)]
+        # ... and not to another episode's (a wrong offset would pass the check above).
+        assert np.abs(got[0].image.astype(int) - other.frame(0).astype(int)).mean() > 3.0
+
+
+def test_label_lerobot_dataset_and_sidecar(episodes, tmp_path):
+    root = _write_v3(tmp_path / 'ds', episodes)
+    out = tmp_path / 'out'
+    assert cli.main(['run', '--lerobot', str(root), '--camera-key', KEY, '--out', str(out),
+                     *FAST, *MODEL_ARGS]) == 0
+    table, descriptors, provenance = read_frame_signals(out / 'frame_signals' /
+                                                        'progress.parquet')
+    assert descriptors['progress']['bounds'] == [0.0, 1.0]
+    meta = table.schema.metadata
+    assert json.loads(meta[b'lerobot.reward_scoring.episode_indices']) == [0, 1, 2]
+    assert pq.ParquetFile(out / 'frame_signals' / 'progress.parquet').num_row_groups == 3
+    starts = np.cumsum([0] + [min(16, e.num_frames) for e in episodes])
+    data = table.to_pydict()
+    full_starts = np.cumsum([0] + [e.num_frames for e in episodes])
+    for i, episode in enumerate(episodes):
+        rows = [j for j, ep in enumerate(data['episode_index']) if ep == i]
+        assert len(rows) == starts[i + 1] - starts[i]
+        # global index = the dataset's index of that frame (dataset_from_index + frame_index)
+        assert [data['index'][j] for j in rows] == [full_starts[i] + data['frame_index'][j]
+                                                    for j in rows]
+        result = json.loads((out / 'episodes' / f'episode_{i:06d}.json').read_text())
+        assert result['task'] == episode.task.sentence
+        np.testing.assert_allclose([data['progress'][j] for j in rows],
+                                   result['frames']['progress'])
+
+
+def test_lerobot_bad_inputs(episodes, tmp_path, capsys):
+    root = _write_v3(tmp_path / 'ds', episodes, drop_video_of=1)
+    assert cli.main(['run', '--lerobot', str(root), '--camera-key', 'observation.images.wrist',
+                     '--out', str(tmp_path / 'o1'), *FAST, *MODEL_ARGS]) == 1
+    assert "camera key 'observation.images.wrist' is not a video feature" in \
+        capsys.readouterr().err
+    assert cli.main(['run', '--lerobot', str(root), '--out', str(tmp_path / 'o2'), *FAST,
+                     *MODEL_ARGS]) == 1
+    err = capsys.readouterr().err
+    assert '1 episode(s) failed' in err and 'episode_000001: no video for camera' in err
+    assert sorted(p.stem for p in (tmp_path / 'o2' / 'episodes').glob('*.json')) == [
+        'episode_000000', 'episode_000002']
+    assert cli.main(['run', '--lerobot', 'nobody/nothing-here', '--out',
+                     str(tmp_path / 'o3'), *MODEL_ARGS]) == 1
+    assert "cannot fetch LeRobot dataset 'nobody/nothing-here'" in capsys.readouterr().err
+
+
+def test_with_lerobot_api(episodes, tmp_path):
+    """Where lerobot imports: build with its API, label, load the added-feature dataset."""
+    lerobot_dataset = pytest.importorskip('lerobot.datasets.lerobot_dataset')
+    root = tmp_path / 'ds'
+    h, w = episodes[0].frame(0).shape[:2]
+    ds = lerobot_dataset.LeRobotDataset.create(
+        repo_id='local/synth', fps=2, root=root, use_videos=True,
+        features={KEY: {'dtype': 'video', 'shape': [h, w, 3],
+                        'names': ['height', 'width', 'channels']}})
+    for e in episodes:
+        for i in range(e.num_frames):
+            ds.add_frame({KEY: e.frame(i), 'task': e.task.sentence})
+        ds.save_episode()
+    ds.finalize()
+    out = tmp_path / 'out'
+    assert cli.main(['run', '--lerobot', str(root), '--out', str(out), '--stride', '4',
+                     '--write-dataset', str(tmp_path / 'with_progress'), *MODEL_ARGS]) == 0
+    added = lerobot_dataset.LeRobotDataset('local/synth_progress',
+                                           root=tmp_path / 'with_progress')
+    result = json.loads((out / 'episodes' / 'episode_000001.json').read_text())
+    start = int(result['dataset_from_index'])
+    item = added[start + 3]
+    assert float(item['progress']) == pytest.approx(result['frames']['progress'][3], abs=1e-6)
+    assert float(item['reward']) == pytest.approx(result['frames']['reward'][3], abs=1e-6)
