@@ -61,6 +61,22 @@ def test_video_folder(dataset, tmp_path, capsys):
     assert table['index'].to_pylist() == list(range(table.num_rows))
     assert provenance['tool'] == 'procvlm-label'
     assert not list((out / 'frame_signals').glob('.*parts'))  # parts published, then dropped
+    # select: keeps everything when asked to, marks ceil(30 % of 3) = 1 top episode, plots
+    assert cli.main(['select', '--out', str(out), '--keep-failed', '--keep-stalled',
+                     '--horizon', '5']) == 0
+    selection = json.loads((out / 'selection.json').read_text())
+    assert selection['kept'] == 3 and selection['horizon'] == 5
+    assert sum(row['top'] for row in selection['rows']) == 1
+    best = selection['rows'][0]
+    assert best['rank'] == 1 and best['mean_advantage'] == max(
+        row['mean_advantage'] for row in selection['rows'])
+    assert (out / 'selection.png').stat().st_size > 10_000
+    # default filters drop episodes the supervisor never saw done
+    assert cli.main(['select', '--out', str(out), '--selection', str(tmp_path / 's.json'),
+                     '--plot', str(tmp_path / 's.png')]) == 0
+    strict = json.loads((tmp_path / 's.json').read_text())
+    assert strict['kept'] == sum(r['summary']['done'] and not r['summary']['stalled']
+                                 for r in results.values())
 
 
 def test_video_folder_records_equal_procvlm_infer(dataset, tmp_path):
