@@ -251,6 +251,7 @@ class MonitorNode(Node):
 
     # ---------------------------------------------------------------- inference thread
     def _run(self) -> None:
+        _name_os_thread('procvlm_infer')
         try:
             self._publish_status_now(Status.LOADING, f'loading {self.backend_cfg.backend} '
                                      'backend')
@@ -432,6 +433,16 @@ def _task_or_empty(task: str) -> str:
         return ''
 
 
+def _name_os_thread(name: str) -> None:
+    # Shows in `top -H` / `ps -L` (and lets benchmarks tell input cost from inference cost).
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
 def _header(stamp_ns: int, frame_id: str) -> Header:
     sec, nanosec = conversions.ns_to_stamp(stamp_ns)
     return Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id)
@@ -444,6 +455,25 @@ def _progress_msg(fields: dict[str, Any]) -> Progress:
     return msg
 
 
+def make_executor() -> Any:
+    """
+    rclpy's events executor where it exists (Jazzy and later), else the single-threaded one.
+
+    The events executor dispatches callbacks from C++ without rebuilding a wait set in Python
+    for every message, which is most of what a 30 Hz camera costs a Python node; the node's
+    callbacks are all short (inference has its own thread), so one thread is enough.
+    ``PROCVLM_EXECUTOR=single`` picks the classic executor (benchmarks, bug hunts).
+    """
+    if os.environ.get('PROCVLM_EXECUTOR', 'events') != 'single':
+        try:
+            from rclpy.experimental import EventsExecutor
+        except ImportError:  # Humble
+            pass
+        else:
+            return EventsExecutor()
+    return SingleThreadedExecutor()
+
+
 def main(args: list[str] | None = None) -> int:
     # Our own SIGINT/SIGTERM handling: rclpy's would invalidate the context at once, while the
     # inference thread may still publish or log; this way the thread stops first, then ROS.
@@ -453,7 +483,7 @@ def main(args: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     node = None
-    executor = SingleThreadedExecutor()
+    executor = make_executor()
     code = 0
     try:
         node = MonitorNode()
