@@ -1,4 +1,4 @@
-"""Runtime parameters reach every consumer; read-only ones are refused; input QoS follows the camera."""
+"""Runtime parameters reach every consumer; read-only ones are refused; QoS follows the camera."""
 
 from __future__ import annotations
 
