@@ -1,4 +1,4 @@
-"""SIGINT/SIGTERM at any moment (loading, inference, publishing): exit code 0, nothing on stderr."""
+"""SIGINT/SIGTERM at any moment (loading, inference, publishing): exit 0, nothing on stderr."""
 
 from __future__ import annotations
 
