@@ -74,7 +74,9 @@ def evaluate(episodes: Path, model: str, report: Path, adapter: str = '',
     if report.is_file():  # a rerun keeps what is already measured (delete OUT to redo)
         return dict(json.loads(report.read_text(encoding='utf-8')))
     args = ['--episodes', str(episodes), '--model', model, '--report', str(report),
-            '--plots', 'none', '--done-threshold', '100']
+            '--plots', 'none', '--done-threshold', '100',
+            # The demo model's supervision settings (only the stall figures depend on them).
+            '--stall-window-s', '6', '--stall-min-delta', '0.03']
     if adapter:
         args += ['--adapter', adapter]
     if max_episodes:
