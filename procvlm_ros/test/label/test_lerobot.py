@@ -117,6 +117,7 @@ def test_label_lerobot_dataset_and_sidecar(episodes, tmp_path):
     table, descriptors, provenance = read_frame_signals(out / 'frame_signals' /
                                                         'progress.parquet')
     assert descriptors['progress']['bounds'] == [0.0, 1.0]
+    _check_frame_signals_contract(table)
     meta = table.schema.metadata
     assert json.loads(meta[b'lerobot.reward_scoring.episode_indices']) == [0, 1, 2]
     assert pq.ParquetFile(out / 'frame_signals' / 'progress.parquet').num_row_groups == 3
@@ -133,6 +134,47 @@ def test_label_lerobot_dataset_and_sidecar(episodes, tmp_path):
         assert result['task'] == episode.task.sentence
         np.testing.assert_allclose([data['progress'][j] for j in rows],
                                    result['frames']['progress'])
+
+
+def _check_frame_signals_contract(table):
+    """LeRobot's frame-signal rules (format, reserved columns, ordering, descriptors, bounds)."""
+    meta = table.schema.metadata
+    key = b'lerobot.reward_scoring.'
+    assert meta[key + b'format'] == b'lerobot.frame_signals'
+    assert meta[key + b'schema_version'] == b'1'
+    assert isinstance(json.loads(meta[key + b'provenance']), dict)
+    selection = json.loads(meta[key + b'episode_indices'])
+    assert selection == sorted(set(selection))
+    descriptors = json.loads(meta[key + b'descriptors'])
+    reserved = ['index', 'episode_index', 'frame_index']
+    assert set(table.column_names) - set(reserved) == set(descriptors)
+    for name in reserved:
+        assert pa.types.is_int64(table[name].type) and table[name].null_count == 0
+    index = np.asarray(table['index'])
+    episode = np.asarray(table['episode_index'])
+    frame = np.asarray(table['frame_index'])
+    assert np.all(np.diff(index) > 0)
+    order = list(dict.fromkeys(episode.tolist()))
+    assert order == sorted(order) and set(order) <= set(selection)
+    for ep in order:
+        mask = episode == ep
+        assert np.all(frame[mask] >= 0) and np.all(np.diff(frame[mask]) > 0)
+        assert np.unique(index[mask] - frame[mask]).size == 1
+    for name, d in descriptors.items():
+        assert set(d) == {'description', 'unit', 'direction', 'comparison_scope',
+                          'missing_values', 'bounds'}
+        assert d['description'].strip() and d['direction'] in {'higher', 'lower', 'none'}
+        assert d['comparison_scope'] in {'episode', 'task', 'dataset', 'global', 'none'}
+        assert d['missing_values'] in {'forbidden', 'nan'}
+        column = table[name]
+        assert column.null_count == 0
+        assert (pa.types.is_boolean(column.type) or pa.types.is_integer(column.type)
+                or pa.types.is_floating(column.type))
+        values = np.asarray(column)
+        if values.dtype.kind == 'f':
+            assert np.isfinite(values).all()
+        if d['bounds'] is not None:
+            assert d['bounds'][0] <= values.min() and values.max() <= d['bounds'][1]
 
 
 def test_lerobot_bad_inputs(episodes, tmp_path, capsys):
