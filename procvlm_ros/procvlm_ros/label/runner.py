@@ -99,6 +99,7 @@ def run_ray(specs: list[EpisodeSpec], backend_options: dict[str, Any], settings:
     tally = Tally(len(specs), show_progress)
     queue = list(reversed(specs))
     running: dict[Any, tuple[int, EpisodeSpec]] = {}
+    lost: dict[str, int] = {}
 
     def submit(slot: int) -> None:
         if queue:
@@ -115,11 +116,16 @@ def run_ray(specs: list[EpisodeSpec], backend_options: dict[str, Any], settings:
             try:
                 outcome = ray.get(ready[0])
             except ray.exceptions.RayActorError as exc:
-                # The actor is gone for good (node lost beyond restarts): try it elsewhere.
-                _LOG.warning('actor for %s lost (%s); resubmitting', spec.episode_id, exc)
-                queue.append(spec)
-                submit((slot + 1) % len(actors))
-                continue
+                # The actor is gone for good (node lost beyond restarts): try it elsewhere,
+                # a few times, then report the episode failed rather than loop.
+                lost[spec.episode_id] = lost.get(spec.episode_id, 0) + 1
+                _LOG.warning('actor for %s lost (%s)', spec.episode_id, exc)
+                if lost[spec.episode_id] < 3:
+                    queue.append(spec)
+                    submit((slot + 1) % len(actors))
+                    continue
+                outcome = {'ok': False, 'episode_id': spec.episode_id, 'path': spec.path,
+                           'reason': f'worker lost 3 times: {exc}'}
             handle(outcome)
             tally.add(outcome)
             submit(slot)

@@ -61,7 +61,7 @@ def discover(root: str | Path, kind: str, *, task: str | None = None,
         spec_kind = 'bag'
     elif kind == 'videos':
         paths = sorted(p for p in root.rglob('*') if p.suffix.lower() in VIDEO_SUFFIXES
-                       and p.is_file() and not _under(p, exclude))
+                       and p.is_file() and not _skip(p, root, exclude))
         spec_kind = 'video'
     else:
         raise ProcVlmError(f"unknown dataset kind {kind!r}; use 'bags', 'videos' or 'lerobot'")
@@ -76,15 +76,20 @@ def discover(root: str | Path, kind: str, *, task: str | None = None,
     return specs
 
 
-def _under(path: Path, folder: Path | None) -> bool:
+def _skip(path: Path, root: Path, folder: Path | None) -> bool:
+    """Inside the output folder, or hidden below the root (our temp files, e.g. a half-written
+    MCAP)."""
+    if any(part.startswith('.') for part in path.relative_to(root).parts):
+        return True
     return folder is not None and folder.resolve() in path.resolve().parents
 
 
 def _find_bags(root: Path, exclude: Path | None) -> list[Path]:
-    bag_dirs = sorted(p.parent for p in root.rglob('metadata.yaml') if not _under(p, exclude))
+    bag_dirs = sorted(p.parent for p in root.rglob('metadata.yaml')
+                      if not _skip(p, root, exclude))
     found = list(bag_dirs)
     for p in sorted(root.rglob('*')):
-        if (p.suffix in ('.mcap', '.db3') and p.is_file() and not _under(p, exclude)
+        if (p.suffix in ('.mcap', '.db3') and p.is_file() and not _skip(p, root, exclude)
                 and not p.name.endswith(PROGRESS_MCAP_SUFFIX)
                 and not any(d in p.parents for d in bag_dirs)):
             found.append(p)
