@@ -6,7 +6,7 @@ Runs the ``onnxruntime`` backend (CPU provider, one thread) on a window of ``--f
 synthetic camera frames and times every decoder pass after the prefill, split into the time
 inside ``run_with_iobinding`` (the graph) and the rest (the host: staging the token, position
 and slot, binding lookup, reading the argmax, writing the new K/V rows into the cache, the
-Python loop). Then one pass of each verify size (1, 2, 4, 8, 16, 32 tokens after the same
+Python loop), and the host part alone (the graph call replaced by nothing). Then one pass of each verify size (1, 2, 4, 8, 16, 32 tokens after the same
 prefill) is timed, the CPU counterpart of ``verify_cost_gpu.py``.
 
 The pass split uses only what older versions of the backend also have (``step_times`` and the
@@ -84,6 +84,17 @@ def main(argv: list[str] | None = None) -> int:
         'graph_ms_median': 1e3 * statistics.median(graphs),
         'host_ms_median': 1e3 * statistics.median(host),
         'host_ms_mean': 1e3 * statistics.mean(host)}
+    # Host cost alone: the same passes with the graph call replaced by nothing (the loop
+    # reads whatever id the buffers hold; eos is ignored, so the pass count is the same).
+    runtime.run_decoder = lambda *a, **k: None
+    host_only = []
+    for rep in range(3 * args.repeats + 1):
+        backend.generate(request)
+        if rep:
+            host_only += list(backend.step_times)
+    result['host_only_us_median'] = 1e6 * statistics.median(host_only)
+    result['host_only_us_p10'] = 1e6 * sorted(host_only)[len(host_only) // 10]
+    runtime.run_decoder = timed
     result['verify_ms'] = verify_curve(backend, request, graph)
     backend.close()
     print(json.dumps(result, indent=2))

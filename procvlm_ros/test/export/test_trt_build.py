@@ -73,14 +73,15 @@ def test_lm_head_split_gives_identical_logits(exported, tmp_path):
             'image_embeds': rng.normal(size=(7, 64)).astype(np.float32),
             'deepstack': rng.normal(size=(2, 7, 64)).astype(np.float32),
             'position_ids': np.tile(np.arange(5), (3, 1, 1)),
-            'past_length': np.array([0])}
+            'past_length': np.array([0]), 'logit_index': np.arange(5)}  # every position
     for i in range(2):
         for kind in ('key', 'value'):
             feed[f'past_{kind}_{i}'] = np.zeros((1, 2, 8, 16), np.float32)
     runs = [ort.InferenceSession(str(p), providers=['CPUExecutionProvider']).run(None, feed)
             for p in (m.graph_path('decoder'), split)]
     assert np.max(np.abs(runs[0][0] - runs[1][0])) <= 1e-5 * np.max(np.abs(runs[0][0]))
-    assert runs[0][1] == runs[1][1]
+    assert runs[0][0].shape == (5, 151936)
+    assert np.array_equal(runs[0][1], runs[1][1])
 
 
 def _fake_builds(monkeypatch):
@@ -147,7 +148,7 @@ def test_engine_index_round_trip_and_copied_small_files(tmp_path):
     assert te.read_index(Path(out))['engines']['vision']['key'] == record['key']
 
 
-@pytest.mark.parametrize('version, verify', [(2, 33), (2, 3), (1, 0)])
+@pytest.mark.parametrize(('version', 'verify'), [(2, 33), (2, 3), (1, 0)])
 def test_verify_profile_only_for_format_2_exports(tmp_path, version, verify):
     from procvlm_ros.core.backends.trt_backend import decoder_profile
     folder = write_fake_export(tmp_path / 'x')

@@ -66,6 +66,8 @@ class ExportedBackend(Backend):
         self.step_times: list[float] = []  # per decoder pass of the last generate(), seconds
         self._told_plain = False  # "speculation off" is logged once
         self._graph_s = 0.0  # time inside run_decoder during the decode passes (host cost: rest)
+        self._heads: tuple[int, int] | None = None  # (seq, heads) staged in the heads buffer
+        self._steps = np.arange(0, dtype=np.int64)  # 0, 1, ...: head indices, text positions
         # Benchmarks only: generate exactly max_new_tokens (eos does not stop the loop).
         self.ignore_eos = False
 
@@ -112,6 +114,8 @@ class ExportedBackend(Backend):
         self._s = LoadedExport(runtime, manifest, processor, greedy, cache, buf, dims,
                           int(manifest.tokens['image_token_id']))
         self._stats_cache = cache
+        self._steps = np.arange(dims.chunk, dtype=np.int64)
+        self._heads = None
         _LOG.debug('%s loaded export %s (%s)', self.name, manifest.export_id, manifest.folder)
 
     def _close(self) -> None:
@@ -121,6 +125,7 @@ class ExportedBackend(Backend):
             self._s.cache.clear()
         self._s = None
         self._phases.clear()
+        self._heads = None
 
     def clear_cache(self) -> None:
         """Forget every cached frame (statistics are kept)."""
@@ -210,7 +215,31 @@ class ExportedBackend(Backend):
         ``heads`` of them. Returns ``(outputs, cache view, new K/V view)``; the caller writes the
         K/V rows it keeps into the cache (:meth:`_commit`).
         """
-        a, b, seq = s.runtime.arrays, s.buf, int(ids.size)
+        b, seq = s.buf, int(ids.size)
+        b.ids.host[:seq], b.vis.host[:seq] = ids, vis
+        b.pos.host[:3 * seq] = pos.reshape(-1)
+        return self._execute(s, start, seq, slots, heads)
+
+    def _run_text(self, s: LoadedExport, start: int, tokens: Sequence[int], first_pos: int,
+                  slots: int) -> tuple[Any, Any, Any]:
+        """A decode/verify pass: text tokens at consecutive positions, every position's head."""
+        b, seq = s.buf, len(tokens)
+        if seq == 1:  # the common case without numpy temporaries
+            b.ids.host[0] = tokens[0]
+            b.vis.host[0] = 0
+            b.pos.host[:3] = first_pos
+        else:
+            b.ids.host[:seq] = tokens
+            b.vis.host[:seq] = 0
+            pos = b.pos.host[:3 * seq].reshape(3, seq)
+            np.add(self._steps[:seq], first_pos, out=pos[0])
+            pos[1:] = pos[0]
+        return self._execute(s, start, seq, slots, seq if s.dims.per_position else 1)
+
+    def _execute(self, s: LoadedExport, start: int, seq: int, slots: int,
+                 heads: int) -> tuple[Any, Any, Any]:
+        """Push the staged inputs and run the decoder with the bindings of this shape."""
+        a, b = s.runtime.arrays, s.buf
         phase = (seq, slots, heads)
         bindings = self._phases.get(phase)
         if bindings is None:
@@ -218,16 +247,15 @@ class ExportedBackend(Backend):
                 self._phases.pop(next(iter(self._phases)))
             bindings = self._phases[phase] = b.decoder_bindings(seq, slots, heads)
         inputs, outputs, kv, new = bindings
-        b.ids.host[:seq], b.vis.host[:seq] = ids, vis
-        b.pos.host[:3 * seq] = pos.reshape(-1)
         b.past.host[0] = start
         a.push(b.ids, seq)
         a.push(b.vis, seq)
         a.push(b.pos, 3 * seq)
         a.push(b.past, 1)
-        if s.dims.per_position:
-            b.heads.host[:heads] = np.arange(seq - heads, seq)
+        if s.dims.per_position and self._heads != (seq, heads):  # rewritten on change only
+            b.heads.host[:heads] = self._steps[seq - heads:seq]
             a.push(b.heads, heads)
+            self._heads = (seq, heads)
         t0 = time.perf_counter()
         s.runtime.run_decoder(inputs, outputs, phase)
         self._graph_s += time.perf_counter() - t0
@@ -242,10 +270,9 @@ class ExportedBackend(Backend):
     def _chooser(s: LoadedExport, outputs: dict[str, Any], seen: list[int],
                  draft: Sequence[int]) -> Any:
         """``predict(i)``: greedy id at head position ``i`` (repetition penalty applied)."""
-        a = s.runtime.arrays
-        if not s.greedy.needs_logits:
-            return a.to_host(outputs['next_token']).tolist().__getitem__  # the graph's argmax
-        logits = a.to_host(outputs['logits'])
+        if not s.greedy.needs_logits:  # the graph's argmax; tolist() copies (and syncs CUDA)
+            return outputs['next_token'].tolist().__getitem__
+        logits = s.runtime.arrays.to_host(outputs['logits'])
         penalty = s.greedy.repetition_penalty
         return lambda i: penalised_argmax(logits[i].copy(), seen + list(draft[:i]), penalty)
 
@@ -279,7 +306,6 @@ class ExportedBackend(Backend):
         self.step_times = []
         self._graph_s = 0.0
         seen = ids.tolist() if g.needs_logits else []
-        zeros = np.zeros(s.dims.max_verify, np.int64)
         pending: list[Any] = []
         max_draft = self._max_draft(s, source)
 
@@ -292,10 +318,8 @@ class ExportedBackend(Backend):
                     f'{ids.size} tokens); re-export with a larger --max-context or lower '
                     'max_new_tokens')
             t0 = time.perf_counter()
-            seq = 1 + len(draft)
-            feed = np.array([tokens[-1], *draft], np.int64)
-            pos = np.broadcast_to(np.arange(slot + delta, slot + delta + seq), (3, seq))
-            outputs, kv, new = self._run_chunk(s, slot, feed, zeros[:seq], pos, slots, seq)
+            feed = [tokens[-1], *draft] if draft else tokens[-1:]
+            outputs, kv, new = self._run_text(s, slot, feed, slot + delta, slots)
             pending[:] = [t0, kv, new, slot]
             return self._chooser(s, outputs, seen + tokens if g.needs_logits else seen, draft)
 

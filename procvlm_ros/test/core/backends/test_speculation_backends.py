@@ -27,7 +27,7 @@ from procvlm_ros.export.episodes import episode_run  # noqa: E402
 from procvlm_ros.export.testing import demo_export, tiny_export  # noqa: E402
 
 pytestmark = pytest.mark.slow
-DEMO_EPISODES = [(555, 0, 'success'), (555, 1, 'stall'), (556, 2, 'success')]
+DEMO_EPISODES = [(555, 0, 'success'), (555, 1, 'fail')]  # 23 + 32 windows
 DEMO_EOS = 2  # <|im_end|> of the demo tokenizer (generation_config eos [2, 0])
 TINY_TASK = 'stack the blocks'
 
@@ -86,7 +86,7 @@ def test_demo_episodes_every_window_identical_and_fewer_passes(backend, demo_run
     with plain, fast:
         totals = [live(plain, fast, run.windows, run.task) for run in demo_runs]
     windows = sum(t['windows'] for t in totals)
-    assert windows >= 60
+    assert windows == 55
     passes, spec_passes = sum(t['plain'] for t in totals), sum(t['spec'] for t in totals)
     # The target: at least 4x fewer sequential decoder passes with the previous answer.
     assert passes >= 4 * spec_passes, totals
