@@ -161,6 +161,10 @@ class MonitorConfig:
         'Image subscription reliability: auto matches the camera publisher (reliable when every '
         'publisher offers it: large frames over best effort are lost when fragmented), '
         'best_effort or reliable.', choices=('auto', 'best_effort', 'reliable')))
+    input_filter: bool = field(default=True, metadata=param(
+        'Ask DDS to drop frames the window will not keep before they are sent (a content '
+        'filter on the header stamp, moved forward after each kept frame; Fast DDS on Jazzy '
+        'and later). Off, or where unsupported, every frame is delivered and skipped here.'))
     qos_depth: int = field(default=2, metadata=param(
         'Image subscription queue depth (small: only the newest frames matter).', lo=1, hi=100))
     max_image_pixels: int = field(default=16_777_216, metadata=param(

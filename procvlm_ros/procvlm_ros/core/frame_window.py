@@ -52,6 +52,14 @@ class FrameWindow:
         # Period 0 keeps every frame, whatever its stamp (files: order is the truth).
         return self._period_ns == 0 or last is None or stamp_ns - last >= self._period_ns
 
+    @property
+    def last_kept_ns(self) -> int | None:
+        return self._last_kept_ns
+
+    @property
+    def period_ns(self) -> int:
+        return self._period_ns
+
     def offer(self, frame: Frame) -> bool:
         """Keep ``frame`` if it is due; return whether it was kept."""
         if not self.due(frame.stamp_ns):

@@ -316,6 +316,20 @@ class Monitor:
             return StampVerdict(Admission.SKIPPED)
         return StampVerdict(Admission.KEPT)
 
+    def next_due_ns(self) -> int | None:
+        """
+        The stamp from which the window keeps a frame again; None when any frame is due.
+
+        Never more than half of ``stale_after_s`` after the last kept frame, so a caller that
+        stops frames before this stamp (a DDS content filter) never makes the camera look stale.
+        """
+        with self._lock:
+            last = self._window.last_kept_ns
+            if last is None or self._window.period_ns == 0 or not self._live:
+                return None
+            gap = min(self._window.period_ns, int(self._stale_after_s * NS / 2))
+            return last + gap
+
     def offer(self, frame: Frame, now_ns: int) -> StampVerdict:
         """Take one decoded frame through the door; returns what happened to it."""
         geometry = _geometry_problem(frame.image, self._max_pixels)

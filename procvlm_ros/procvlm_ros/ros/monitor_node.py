@@ -52,6 +52,12 @@ NODE_MAX_NEW_TOKENS = 512
 _TICK_S = 0.1  # supervision/status cadence of the inference thread when no frame arrives
 _QOS_PROBE_S = 0.5  # how often `auto` reliability looks for the camera publisher
 _STATUS_NAMES = {int(s): s.name for s in Status}
+# DDS content filter on the input: frames stamped from %0.%1 s on pass (they are due), and so do
+# frames stamped before %2 s (a time jump back must reach the door to be seen). Fast DDS applies
+# it on the camera's side, so frames the window would skip are never sent to this process.
+_INPUT_FILTER = ('header.stamp.sec > %0 OR (header.stamp.sec = %0 AND header.stamp.nanosec >= %1)'
+                 ' OR header.stamp.sec < %2')
+_PASS_ALL = ('-2147483647', '0', '-2147483647')
 
 
 class MonitorNode(Node):
@@ -81,6 +87,8 @@ class MonitorNode(Node):
         self._last_image_pub = 0.0
         self._last_reject_log = 0.0
         self._sub: Any = None
+        self._filter_params: tuple[str, ...] | None = None
+        self._last_delivered_ns: int | None = None
         self._create_interfaces()
         self._worker = threading.Thread(target=self._run, name='procvlm_inference', daemon=True)
         self._worker.start()
@@ -137,10 +145,37 @@ class MonitorNode(Node):
                          else ReliabilityPolicy.BEST_EFFORT)
         msg_type, callback = ((CompressedImage, self._on_compressed)
                               if m.input_type == 'compressed' else (Image, self._on_image))
+        options = _content_filter_options() if m.input_filter else {}
         self._sub = self.create_subscription(msg_type, self._input_topic(), callback, qos,
-                                             raw=True)
-        self.get_logger().info(f'subscribed to {self._input_topic()} '
-                               f'({"reliable" if reliable else "best effort"})')
+                                             raw=True, **options)
+        filtered = bool(options) and self._sub.is_cft_enabled
+        if not filtered:
+            self._filter_params = None
+        else:
+            self._filter_params = _PASS_ALL
+        self.get_logger().info(
+            f'subscribed to {self._input_topic()} ({"reliable" if reliable else "best effort"}'
+            f'{", frames not due filtered by DDS" if filtered else ""})')
+
+    def _update_input_filter(self) -> None:
+        """Move the DDS content filter to the next stamp the window (or the view) will take."""
+        if self._filter_params is None or self._sub is None:
+            return
+        due = self.monitor.next_due_ns()
+        rate = self.monitor_cfg.annotated_image_rate_hz
+        if (due is not None and rate > 0 and self._last_delivered_ns is not None
+                and self._pub_image.get_subscription_count() > 0):
+            due = min(due, self._last_delivered_ns + int(1e9 / rate))
+        if due is None:
+            params = _PASS_ALL
+        else:
+            sec, nanosec = divmod(due, 1_000_000_000)
+            back = int(math.ceil(self.window_cfg.time_jump_back_s)) + 1
+            params = (str(sec), str(nanosec), str(sec - back - int(math.ceil(
+                self.window_cfg.sample_period_s))))
+        if params != self._filter_params:
+            self._sub.set_content_filter(_INPUT_FILTER, list(params))
+            self._filter_params = params
 
     # ---------------------------------------------------------------- input (executor)
     def _now(self) -> int:
@@ -153,12 +188,20 @@ class MonitorNode(Node):
         self._take(raw, self._decode_compressed)
 
     def _take(self, raw: bytes, decode: Any) -> None:
+        try:
+            self._admit(raw, decode)
+        finally:
+            self._update_input_filter()
+
+    def _admit(self, raw: bytes, decode: Any) -> None:
         now = self._now()
         try:
-            verdict = self.monitor.check_stamp(cdr.header_stamp_ns(raw), now)
+            stamp = cdr.header_stamp_ns(raw)
         except ProcVlmError as e:
             self._log_rejection(self.monitor.reject(str(e), now).message)
             return
+        self._last_delivered_ns = stamp
+        verdict = self.monitor.check_stamp(stamp, now)
         want_view = self._view_wanted()
         if verdict.admission is Admission.REJECTED:
             self._log_rejection(self.monitor.reject(verdict.message, now).message)
@@ -216,6 +259,7 @@ class MonitorNode(Node):
             response.success, response.message = False, str(e)
             return response
         self._publish_done(False)
+        self._update_input_filter()
         response.success, response.message = True, f'task set; episode {episode}'
         self.get_logger().info(f'task: {self.monitor.task!r} (episode {episode})')
         return response
@@ -223,6 +267,7 @@ class MonitorNode(Node):
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Any:
         episode = self.monitor.new_episode(self._now())
         self._publish_done(False)
+        self._update_input_filter()
         response.success, response.message = True, f'episode {episode} started'
         return response
 
@@ -431,6 +476,15 @@ def _task_or_empty(task: str) -> str:
         return validate_task(task)
     except ConfigError:
         return ''
+
+
+def _content_filter_options() -> dict[str, Any]:
+    try:  # Jazzy and later
+        from rclpy.subscription import ContentFilterOptions
+    except ImportError:
+        return {}
+    return {'content_filter_options': ContentFilterOptions(
+        filter_expression=_INPUT_FILTER, expression_parameters=list(_PASS_ALL))}
 
 
 def _name_os_thread(name: str) -> None:
