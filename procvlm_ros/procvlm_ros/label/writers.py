@@ -148,13 +148,19 @@ def progress_typestore() -> Any:
 
 def _progress_msg_text() -> str:
     here = Path(__file__).resolve()
-    for base in (here.parents[3] / 'procvlm_msgs', here.parents[1] / 'procvlm_msgs'):
-        msg = base / 'msg' / 'Progress.msg'
+    candidates = [here.parents[3] / 'procvlm_msgs' / 'msg' / 'Progress.msg']  # source tree
+    try:  # an installed ROS workspace
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.append(Path(get_package_share_directory('procvlm_msgs')) / 'msg' /
+                          'Progress.msg')
+    except Exception:  # no ament index / package not installed: only the source tree
+        pass
+    for msg in candidates:
         if msg.is_file():
             return msg.read_text(encoding='utf-8')
-    from importlib.resources import files  # installed procvlm_msgs share/ (ROS install)
-
-    return files('procvlm_msgs').joinpath('../share/procvlm_msgs/msg/Progress.msg').read_text()
+    raise FileNotFoundError(f'procvlm_msgs/msg/Progress.msg not found (looked in '
+                            f'{[str(c) for c in candidates]})')
 
 
 def mcap_path_for(bag_path: str | Path) -> Path:
