@@ -7,7 +7,10 @@ subscriber process for a fixed time, and reports the subscriber process's CPU ti
 core, from /proc) and the share of published frames it received:
 
 - ``monitor``: the real monitor node (``procvlm_ros.ros.monitor_node``) with the ``scripted``
-  backend (node overhead only, no model);
+  backend (node overhead only, no model), its DDS input filter on (default): frames not due
+  (one per ``sample_period_s`` = 1 s is kept) are not even sent to it;
+- ``monitor-nofilter``: the same node with ``input_filter: false`` (what Humble gets): every
+  frame is delivered and all but one per second are skipped after reading the stamp;
 - ``plain``: the baseline in the same run, a plain rclpy subscriber that deserializes every
   message into Python (what the node did before it subscribed to serialized messages).
 
@@ -135,13 +138,14 @@ def measure(kind: str, size: str, qos: str, shm: bool, seconds: float, warmup: f
         # FASTRTPS_ works on Humble/Jazzy and Kilted (with a deprecation warning there).
         env['FASTRTPS_DEFAULT_PROFILES_FILE'] = str(PROFILE)
     run_s = warmup + seconds + 3.0
-    if kind == 'monitor':
+    if kind.startswith('monitor'):
         params = workdir / f'params-{domain}.yaml'
         params.write_text(json.dumps({'/**': {'ros__parameters': {
             'backend': 'scripted', 'task': 'wipe the table', 'window_size': 8,
             'sample_period_s': 1.0, 'qos_reliability': qos,
             'scripted_outputs': ['1. wipe\n<progress>50%</progress>'],
-            'diagnostics_period_s': 1.0, 'annotated_image_rate_hz': 0.0}}}))
+            'diagnostics_period_s': 1.0, 'annotated_image_rate_hz': 0.0,
+            'input_filter': kind == 'monitor'}}}))
         sub_cmd = [_python(), '-m', 'procvlm_ros.ros.monitor_node', '--ros-args',
                    '--params-file', str(params)]
     else:
@@ -153,7 +157,7 @@ def measure(kind: str, size: str, qos: str, shm: bool, seconds: float, warmup: f
                             '--size', size, '--rate', str(rate), '--run-s',
                             str(warmup + seconds + 1.0)],
                            env=env, stdout=subprocess.PIPE, text=True)
-    diag = DiagnosticsProbe(env) if kind == 'monitor' else None
+    diag = DiagnosticsProbe(env) if kind.startswith('monitor') else None
     time.sleep(warmup)
     cpu0, t0 = cpu_seconds(sub.pid), time.monotonic()
     infer0 = thread_cpu_seconds(sub.pid).get('procvlm_infer', 0.0)
@@ -238,7 +242,7 @@ def main() -> int:
     parser.add_argument('--seconds', type=float, default=20.0, help='measured time per run')
     parser.add_argument('--warmup', type=float, default=5.0)
     parser.add_argument('--sizes', default='640x480,1280x720')
-    parser.add_argument('--subscribers', default='plain,monitor')
+    parser.add_argument('--subscribers', default='plain,monitor-nofilter,monitor')
     parser.add_argument('--qos-list', default='reliable,best_effort')
     parser.add_argument('--transports', default='default,shm')
     parser.add_argument('--json', type=Path, default=None)
@@ -259,7 +263,7 @@ def main() -> int:
                         row = measure(kind, size, qos, transport == 'shm', args.seconds,
                                       args.warmup, args.rate, Path(tmp), domain)
                         rows.append(row)
-                        print(f"{size:>9} {row['transport']:>8} {qos:>11} {kind:>7}: "
+                        print(f"{size:>9} {row['transport']:>8} {qos:>11} {kind:>16}: "
                               f"cpu {row['cpu_percent_of_core']:6.2f} % of a core "
                               f"(input {row['input_cpu_percent_of_core']:5.2f} %), "
                               f"received {row['received']}/{row['expected']} "
