@@ -97,12 +97,17 @@ def _add_one(parser: Any, f: Field[Any], kind: Any, override: Override,
     if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `int | None`: int
         kind = next(k for k in typing.get_args(kind) if k is not type(None))
     if kind is bool:
-        # An off-by-default switch is --name; an on-by-default one is --no_name.
-        flag = flag if not default else 'no_' + flag
+        # --name, --name on|off (also true/false, 1/0); an on-by-default one also has --no_name.
         text = _help(f, override, MISSING, None).removesuffix(' (required)')
-        kwargs.update(action='store_false' if default else 'store_true', default=default,
-                      help=f'Turn off (on by default): {text}' if default else
-                      f'{text} (off by default)')
+        name = flag.replace('_', '-') if dashes else flag
+        if default:
+            parser.add_argument('--no_' + name if not dashes else '--no-' + name, dest=dest,
+                                action='store_false', default=default,
+                                help=f'Same as --{name} off.')
+        kwargs.update(type=_on_off, nargs='?', const=True, default=default,
+                      metavar='on|off', help=f'{text} (default: {"on" if default else "off"})')
+        parser.add_argument('--' + name, **kwargs)
+        return FieldOption(field=f.name, flag=flag, dest=dest, default=default)
     else:
         sequence = typing.get_origin(kind) is tuple
         kwargs.update(type=typing.get_args(kind)[0] if sequence else kind, choices=choices)
@@ -115,6 +120,14 @@ def _add_one(parser: Any, f: Field[Any], kind: Any, override: Override,
         kwargs['help'] = _help(f, override, default, choices)
     parser.add_argument('--' + (flag.replace('_', '-') if dashes else flag), **kwargs)
     return FieldOption(field=f.name, flag=flag, dest=dest, default=default)
+
+
+def _on_off(text: str) -> bool:
+    value = {'on': True, 'true': True, '1': True, 'yes': True,
+             'off': False, 'false': False, '0': False, 'no': False}.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f'expected on or off, got {text!r}')
+    return value
 
 
 def field_values(args: argparse.Namespace, options: Iterable[FieldOption]) -> dict[str, Any]:

@@ -38,7 +38,13 @@ def test_official_flags_keep_their_names_and_defaults():
             assert by_flag[flag].required, flag
         else:
             assert getattr(args, by_flag[flag].dest) == default, flag
-    assert by_flag['enable_value_head'].nargs == 0  # a switch, as officially
+    # A bare switch, as officially; on|off also accepted (issue 11: --speculation on|off).
+    assert by_flag['enable_value_head'].const is True
+    assert parser.parse_args([*REQUIRED, '--speculation', 'off']).speculation is False
+    assert parser.parse_args([*REQUIRED, '--no_speculation']).speculation is False
+    assert parser.parse_args(REQUIRED).speculation is True
+    with pytest.raises(SystemExit):
+        parser.parse_args([*REQUIRED, '--speculation', 'maybe'])
     parsed = parser.parse_args([*REQUIRED, '--window_size', '4', '--torch_dtype', 'bfloat16',
                                 '--max_new_tokens', '12', '--enable_value_head'])
     assert (parsed.window_size, parsed.torch_dtype, parsed.max_new_tokens) == (4, 'bfloat16', 12)
