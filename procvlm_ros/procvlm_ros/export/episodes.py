@@ -8,7 +8,6 @@ the estimator does: what the live node feeds the demo model when it keeps every 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,15 +36,3 @@ def episode_run(seed: int, index: int, kind: str = 'success', window_size: int =
         windows.append(([frames[p] for p in pos], [(ep.episode_id, p) for p in pos]))
     return EpisodeRun(ep.episode_id, ep.task.sentence, windows)
 
-
-def live_requests(run: EpisodeRun, previous: list[int] | None = None,
-                  draft: bool = True) -> Iterator[Any]:
-    """
-    Requests of an episode; the caller sends each result's ``token_ids`` back (``send``) so
-    the next window carries it as its draft, as the monitor does.
-    """
-    from procvlm_ros.core.backends.base import GenerationRequest
-    for images, keys in run.windows:
-        sent = yield GenerationRequest(images, run.task, keys,
-                                       draft_token_ids=previous if draft else None)
-        previous = list(sent) if sent is not None else previous
