@@ -29,6 +29,7 @@ from pathlib import Path
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,25 +208,23 @@ class DiagnosticsProbe:
                 'rclpy.spin(n)\n')
         self.proc = subprocess.Popen([_python(), '-c', code], env=env, stdout=subprocess.PIPE,
                                      text=True)
+        self.latest: tuple[float, int] | None = None
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # one line per /diagnostics message, as it arrives
+            self.latest = (time.monotonic(), int(line))
 
     def frames(self, timeout: float) -> int | None:
-        import select
-
-        deadline = time.monotonic() + timeout
-        latest = None
-        assert self.proc.stdout is not None
+        """frames_received from the first /diagnostics message after this call."""
+        asked = time.monotonic()
+        deadline = asked + timeout
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if ready:
-                latest = int(self.proc.stdout.readline())
-                break
-        # Drain what is queued so the next read is fresh.
-        while select.select([self.proc.stdout], [], [], 0)[0]:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            latest = int(line)
-        return latest
+            if self.latest is not None and self.latest[0] > asked:
+                return self.latest[1]
+            time.sleep(0.05)
+        return None
 
     def close(self) -> None:
         self.proc.kill()
