@@ -76,3 +76,13 @@ def test_phash_properties():
     assert phash_similarity(img, img[:, ::-1].copy()) < 0.8
     # Different sizes count as identical (official helper).
     assert phash_similarity(img, img[:60]) == 1.0
+
+
+def test_frames_after_the_last_stage_are_exactly_done():
+    # Float sums: the trailing Done frames must equal 1.0 exactly (they become the finished
+    # samples); random similarities make the partial sums inexact.
+    rng = np.random.default_rng(1)
+    sims = iter(rng.uniform(0.6, 1.0, size=100).tolist())
+    p = progress_labels([0] * 30, ['a'] * 7 + ['b'] * 11 + ['c'] * 5 + ['Done'] * 7,
+                        similarity=lambda a, b: next(sims))
+    assert p[23:] == [1.0] * 7 and p[22] < 1.0
