@@ -2,8 +2,9 @@
 The adaptation loop on the demo model, small: one successful demonstration of the held-out
 drawer family -> annotate -> dataset -> train (demo preset) -> procvlm-eval on
 held-out drawer episodes. The adapted model must be clearly better than the zero-shot one.
-The full-size loop (20 episodes, success + failure run) is ``make adapt-demo``. About 5 min
-on 2 free CPU cores (200 training steps, 2 x 3 episodes scored).
+The full-size loop (20 episodes, success + failure run) is ``make adapt-demo``. The cost is
+200 training steps (about 3 min of CPU time on 2 threads in the adapt-demo runs) and 2 x 3
+scored episodes; on a machine shared with other jobs it takes much longer.
 """
 
 import pytest
