@@ -88,7 +88,7 @@ def evaluate(episodes: Path, model: str, report: Path, adapter: str = '',
 
 def summary_row(name: str, report: dict[str, Any], minutes: float | None) -> dict[str, Any]:
     return {'model': name, 'voc_success': report['voc_mean'], 'mae': report['mae_mean'],
-            'done_f1': report['done_f1'], 'parse_rate': report.get('parse_rate_mean'),
+            'done_f1': report['done_f1'], 'parse_rate': report.get('parse_rate'),
             'adapt_minutes': minutes, 'episodes': report['episodes']}
 
 
