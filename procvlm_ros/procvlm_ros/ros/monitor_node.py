@@ -118,6 +118,8 @@ class MonitorNode(Node):
 
             self._pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
             self.create_timer(m.diagnostics_period_s, self._publish_diagnostics)
+        # While the inference thread is inside a (possibly minutes-long) load, say so.
+        self._loading_timer = self.create_timer(m.status_period_s, self._say_loading)
         self._publish_done(False)
         if m.qos_reliability == 'auto':
             self._qos_timer = self.create_timer(_QOS_PROBE_S, self._subscribe_when_published)
@@ -145,7 +147,9 @@ class MonitorNode(Node):
                          else ReliabilityPolicy.BEST_EFFORT)
         msg_type, callback = ((CompressedImage, self._on_compressed)
                               if m.input_type == 'compressed' else (Image, self._on_image))
-        options = _content_filter_options() if m.input_filter else {}
+        # With sample_period_s 0 every frame is due: a filter would only cost.
+        use_filter = m.input_filter and self.window_cfg.sample_period_s > 0
+        options = _content_filter_options() if use_filter else {}
         self._sub = self.create_subscription(msg_type, self._input_topic(), callback, qos,
                                              raw=True, **options)
         filtered = bool(options) and self._sub.is_cft_enabled
@@ -293,6 +297,13 @@ class MonitorNode(Node):
         self.monitor_cfg, self.window_cfg = monitor_cfg, window_cfg
         self.supervision_cfg, self.backend_cfg = supervision_cfg, backend_cfg
         return results['monitor']
+
+    def _say_loading(self) -> None:
+        if self.monitor.backend_state in (BackendState.UNLOADED, BackendState.LOADING):
+            self._publish_status_now(Status.LOADING,
+                                     f'loading {self.backend_cfg.backend} backend')
+        else:
+            self._loading_timer.cancel()
 
     # ---------------------------------------------------------------- inference thread
     def _run(self) -> None:

@@ -17,7 +17,7 @@ ERROR_TEXT = re.compile(r'Traceback|\[ERROR\]|RCLError|never retrieved|exception
 DEMO = {'backend': 'transformers', 'model': str(CHECKPOINT_DIR), 'device': 'cpu',
         'dtype': 'fp32', 'task': 'stack the red block on the blue block', 'window_size': 8,
         'sample_period_s': 0.0, 'max_new_tokens': 64, 'stale_after_s': 30.0,
-        'annotated_image_rate_hz': 5.0}
+        'annotated_image_rate_hz': 5.0, 'status_period_s': 0.05}
 SCRIPTED = {'backend': 'scripted', 'scripted_outputs': ['<progress>10%</progress>'],
             'task': 'wipe', 'window_size': 4, 'sample_period_s': 0.0,
             'status_period_s': 0.05, 'diagnostics_period_s': 0.2}
