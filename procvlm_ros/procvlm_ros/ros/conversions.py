@@ -9,40 +9,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from procvlm_ros.core import image as image_ops
-from procvlm_ros.core.types import Frame, ProgressEstimate
+from procvlm_ros.core.types import ProgressEstimate
 
 NS = 1_000_000_000
-
-
-def stamp_to_ns(stamp: Any) -> int:
-    return int(stamp.sec) * NS + int(stamp.nanosec)
 
 
 def ns_to_stamp(ns: int) -> tuple[int, int]:
     """Split nanoseconds into ``(sec, nanosec)`` as builtin_interfaces/Time holds them."""
     return ns // NS, ns % NS
-
-
-def image_msg_to_frame(msg: Any, arrival_ns: int, sequence: int,
-                       max_pixels: int = image_ops.DEFAULT_MAX_PIXELS) -> Frame:
-    """Convert sensor_msgs/Image; a zero header stamp is replaced by the arrival time."""
-    rgb = image_ops.raw_to_rgb(msg.data, msg.height, msg.width, msg.step, msg.encoding,
-                               bool(msg.is_bigendian), max_pixels=max_pixels)
-    return _frame(msg, rgb, arrival_ns, sequence)
-
-
-def compressed_msg_to_frame(msg: Any, arrival_ns: int, sequence: int,
-                            max_pixels: int = image_ops.DEFAULT_MAX_PIXELS) -> Frame:
-    """Convert sensor_msgs/CompressedImage (jpeg/png)."""
-    rgb = image_ops.compressed_to_rgb(msg.data, msg.format, max_pixels=max_pixels)
-    return _frame(msg, rgb, arrival_ns, sequence)
-
-
-def _frame(msg: Any, rgb: Any, arrival_ns: int, sequence: int) -> Frame:
-    stamp = stamp_to_ns(msg.header.stamp)
-    return Frame(image=rgb, stamp_ns=stamp or arrival_ns, frame_id=msg.header.frame_id,
-                 index=sequence)
 
 
 def progress_fields(estimate: ProgressEstimate, *, task: str, backend: str,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import array
-from collections import deque
 from collections.abc import Sequence
 import math
 from typing import Any
@@ -58,22 +57,6 @@ def progress_markers(header: Any, *, value: float, task: str, headline: str,
     bar.scale.x, bar.scale.y, bar.scale.z = max(frac * scale, 1e-3), 0.05 * scale, 0.05 * scale
     bar.color.r, bar.color.g, bar.color.b, bar.color.a = r * 0.8, g * 0.8, b * 0.8, 0.9
     return [text, bar]
-
-
-class RollingStats:
-    """Bounded window of samples with percentiles."""
-
-    def __init__(self, size: int = 200) -> None:
-        self._values: deque[float] = deque(maxlen=size)
-
-    def add(self, value: float) -> None:
-        self._values.append(value)
-
-    def percentile(self, q: float) -> float:
-        return float(np.percentile(list(self._values), q)) if self._values else math.nan
-
-    def __len__(self) -> int:
-        return len(self._values)
 
 
 def diagnostic_status(name: str, hardware_id: str, level: int, message: str,
