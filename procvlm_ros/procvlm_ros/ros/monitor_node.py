@@ -153,10 +153,7 @@ class MonitorNode(Node):
         self._sub = self.create_subscription(msg_type, self._input_topic(), callback, qos,
                                              raw=True, **options)
         filtered = bool(options) and self._sub.is_cft_enabled
-        if not filtered:
-            self._filter_params = None
-        else:
-            self._filter_params = _PASS_ALL
+        self._filter_params = _PASS_ALL if filtered else None
         self.get_logger().info(
             f'subscribed to {self._input_topic()} ({"reliable" if reliable else "best effort"}'
             f'{", frames not due filtered by DDS" if filtered else ""})')
