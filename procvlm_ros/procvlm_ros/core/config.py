@@ -98,6 +98,10 @@ class BackendConfig:
         '(temperature 0) only; ignored when sampling.'))
     speculation_max_draft: int = field(default=16, metadata=param(
         'Most draft tokens verified per decoder pass (speculation).', lo=1, hi=256))
+    trust_remote_code: bool = field(default=False, metadata=param(
+        "Allow a checkpoint's own Python files (transformers trust_remote_code, e.g. VLAC-2B's "
+        'InternVL chat code) to run in this process with its permissions. Off: such '
+        'checkpoints are refused. Only turn on for checkpoints whose code you have read.'))
     scripted_outputs: tuple[str, ...] = field(default=(), metadata=param(
         'scripted backend only: answers returned in turn (test and demo use, never a model).'))
 
@@ -113,6 +117,24 @@ class BackendConfig:
         if self.device != 'auto' and not (self.device in ('cpu', 'cuda')
                                           or self.device.startswith('cuda:')):
             raise ConfigError(f'device must be auto, cpu, cuda or cuda:N, got {self.device!r}')
+
+
+PROFILE_NAMES = ('procvlm_progress', 'pairwise_critic', 'navigation_action', 'grounded_query')
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """Which task the model is asked (core/profiles) and the profile's settings."""
+
+    profile: str = field(default='procvlm_progress', metadata=param(
+        'Task profile: procvlm_progress (ProcVLM window -> remaining actions and progress), '
+        'pairwise_critic (VLAC-style pair of frames -> progress delta, accumulated), '
+        'navigation_action (R2R-style history + current frame -> Move/Left/Right/Stop) or '
+        'grounded_query (questions about the current frame through a service, answers with '
+        'points).', choices=PROFILE_NAMES))
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import enum
 import math
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from procvlm_ros.core.config import WindowConfig
 from procvlm_ros.core.errors import ProcVlmError
 from procvlm_ros.core.estimator import ProgressEstimator
 from procvlm_ros.core.frame_window import FrameWindow
+from procvlm_ros.core.profiles import TaskProfile
 from procvlm_ros.core.prompt import validate_task
 from procvlm_ros.core.supervision import (
     EpisodeSupervisor,
@@ -134,6 +136,8 @@ class Monitor:
     :param speculation: Pass the previous answer of the episode to the backend as a draft.
     :param estimator: Use this estimator (its backend and preprocessing settings) instead of
         building one.
+    :param profile: The task profile (what is asked, what the answer means); default the
+        official ProcVLM progress query. Ignored when ``estimator`` is given.
     """
 
     def __init__(self, backend: Backend, *, window: WindowConfig | None = None,
@@ -142,7 +146,8 @@ class Monitor:
                  status_period_s: float = 1.0, pre_resize_patch_size: int = 14,
                  max_image_pixels: int = image_ops.DEFAULT_MAX_PIXELS,
                  initial_percent: float | None = None, live: bool = True,
-                 speculation: bool = False, estimator: ProgressEstimator | None = None) -> None:
+                 speculation: bool = False, estimator: ProgressEstimator | None = None,
+                 profile: TaskProfile | None = None) -> None:
         self.backend = backend
         self._window_cfg = window or WindowConfig()
         self._lock = threading.Lock()
@@ -152,7 +157,7 @@ class Monitor:
         self._estimator = estimator or ProgressEstimator(
             backend, 'unset', jpeg_roundtrip=self._window_cfg.jpeg_roundtrip,
             pre_resize_patch_size=pre_resize_patch_size,
-            cache_size=2 * self._window_cfg.window_size)
+            cache_size=2 * self._window_cfg.window_size, profile=profile)
         self._window = FrameWindow(self._window_cfg.window_size,
                                    self._window_cfg.sample_period_s)
         self._supervisor = EpisodeSupervisor(supervision, stale_after_s)
@@ -204,6 +209,11 @@ class Monitor:
     @property
     def load_error(self) -> str:
         return self._load_error
+
+    @property
+    def profile(self) -> TaskProfile:
+        """The task profile every window is asked and interpreted with."""
+        return self._estimator.profile
 
     # ------------------------------------------------------------------ configuration
     def configure(self, *, window: WindowConfig | None = None,
@@ -257,6 +267,7 @@ class Monitor:
         self._window.clear()
         self._percent = self._initial  # carry-forward value of this episode
         self._draft: tuple[int, ...] = ()
+        self._profile_state = self._estimator.profile.initial_state()
         self._newest_stamp: int | None = None
         self._last_estimate: ProgressEstimate | None = None
         self._state: SupervisorState | None = None
@@ -401,7 +412,8 @@ class Monitor:
                     return self._status_output(plan, now_ns, tick)
             estimate = self._estimator.evaluate(
                 plan.frames, plan.keys, task=plan.task, previous_percent=plan.previous,
-                episode=plan.episode, draft_token_ids=plan.draft or None)
+                episode=plan.episode, draft_token_ids=plan.draft or None,
+                profile_state=plan.profile_state)
             return self._commit(plan, estimate, now_ns, tick.events)
 
     def _plan(self, now_ns: int) -> _Plan | tuple[Status, str] | None:
@@ -427,7 +439,7 @@ class Monitor:
         self._last_inference_ns = now_ns
         keys = tuple((self._episode, s) for s in snapshot.sequences)
         return _Plan(self._episode, self._task, snapshot.frames, keys, self._percent,
-                     self._draft if self.speculation else ())
+                     self._draft if self.speculation else (), self._profile_state)
 
     def _commit(self, plan: _Plan, estimate: ProgressEstimate, now_ns: int,
                 tick_events: tuple[InterventionEvent, ...]) -> StepOutput:
@@ -443,6 +455,7 @@ class Monitor:
                 self._latencies.append(estimate.inference_time_s)
                 self._percent = estimate.percent
                 self._draft = estimate.token_ids
+                self._profile_state = estimate.profile_state
                 self._counts['passes'] += estimate.decoder_passes
                 self._counts['accepted'] += estimate.draft_tokens_accepted
             if estimate.status is Status.OK and self._input_error:
@@ -527,6 +540,7 @@ class _Plan:
     keys: Sequence[Hashable]
     previous: float | None
     draft: tuple[int, ...]
+    profile_state: Any = None
 
 
 def _geometry_problem(image: np.ndarray, max_pixels: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import enum
 import math
+from typing import Any
 
 import numpy as np
 
@@ -63,6 +64,12 @@ class ProgressEstimate:
     token_ids: tuple[int, ...] = ()  # generated ids: the next window's speculative draft
     decoder_passes: int = 0
     draft_tokens_accepted: int = 0
+    # The task profile's typed result (ParsedAnswer, critic step, action, ...), its episode
+    # state after this window (the Monitor keeps it only while the episode is current), and
+    # the profile's name.
+    result: Any = None
+    profile_state: Any = None
+    profile: str = 'procvlm_progress'
 
     @property
     def value(self) -> float:

@@ -35,12 +35,23 @@ class GenerationRequest:
         may cache per-frame vision features across overlapping windows.
     :param draft_token_ids: Token ids of an earlier answer (the previous window's) that a
         backend may verify as a speculative draft; the output must not depend on it.
+    :param messages: The chat built by a task profile (system prompt, text, image parts in the
+        order of ``images``); the backend applies the checkpoint's chat template to it. None:
+        the ProcVLM query for ``task`` (the ``procvlm_progress`` profile's messages).
     """
 
     images: Sequence[Image.Image]
     task: str
     frame_keys: Sequence[Any] | None = None
     draft_token_ids: Sequence[int] | None = None
+    messages: Sequence[dict[str, Any]] | None = None
+
+    def chat(self, prompt_layout: str = 'images_first') -> list[dict[str, Any]]:
+        """The messages to render: the profile's, else the ProcVLM query for ``task``."""
+        if self.messages is not None:
+            return list(self.messages)
+        from procvlm_ros.core.prompt import build_messages, build_prompt
+        return build_messages(list(self.images), build_prompt(self.task), layout=prompt_layout)
 
 
 @dataclass

@@ -41,7 +41,6 @@ from procvlm_ros.core.backends.manifest import ExportManifest
 from procvlm_ros.core.backends.vision_cache import VisionCache
 from procvlm_ros.core.config import BackendConfig
 from procvlm_ros.core.errors import BackendError, BackendUnavailableError
-from procvlm_ros.core.prompt import build_messages, build_prompt
 
 _LOG = logging.getLogger(__name__)
 CONTEXT_ROUND = 64  # KV capacity granularity: a stable C keeps runtime bindings reusable
@@ -148,7 +147,7 @@ class ExportedBackend(Backend):
         images = list(request.images)
         self._check_window(s, images, request.frame_keys)
         entries, vision_s, encoded = frame_features(s, images, request.frame_keys)
-        ids = self._tokenize(s, request.task, images, [e.tokens for e in entries])
+        ids = self._tokenize(s, request, [e.tokens for e in entries])
         positions, delta = qin.rope_index(ids, s.image_token_id, [e.grid for e in entries],
                                           s.dims.merge)
         vis = qin.visual_index(ids, s.image_token_id,
@@ -196,12 +195,12 @@ class ExportedBackend(Backend):
         need = prompt_len + s.greedy.max_new_tokens
         return min(s.dims.max_context, -(-need // CONTEXT_ROUND) * CONTEXT_ROUND)
 
-    def _tokenize(self, s: LoadedExport, task: str, images: list[Image.Image],
+    def _tokenize(self, s: LoadedExport, request: GenerationRequest,
                   tokens: list[int]) -> npt.NDArray[np.int64]:
         """The reference's chat string with each image placeholder expanded, tokenized."""
         proc = s.processor
-        messages = build_messages(images, build_prompt(task), layout=self._cfg.prompt_layout)
-        text = proc.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = proc.apply_chat_template(request.chat(self._cfg.prompt_layout), tokenize=False,
+                                        add_generation_prompt=True)
         text = str(text[0] if isinstance(text, list) else text)
         expanded = qin.expand_image_placeholders(text, proc.image_token, tokens)
         return np.asarray(proc.tokenizer(expanded)['input_ids'], dtype=np.int64)

@@ -28,7 +28,6 @@ from procvlm_ros.core.backends import value_head as vh
 from procvlm_ros.core.backends.base import Backend, GenerationRequest, GenerationResult
 from procvlm_ros.core.config import BackendConfig
 from procvlm_ros.core.errors import BackendError, BackendUnavailableError
-from procvlm_ros.core.prompt import build_messages, build_prompt
 
 _LOG = logging.getLogger(__name__)
 
@@ -417,10 +416,8 @@ class TransformersBackend(Backend):
     def render_chat(self, request: GenerationRequest) -> str:
         """Return the chat string exactly as fed to the processor (before image expansion)."""
         self._require_loaded()
-        prompt = build_prompt(request.task)
-        messages = build_messages(list(request.images), prompt, layout=self._cfg.prompt_layout)
         text = self._processor.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True)
+            request.chat(self._cfg.prompt_layout), tokenize=False, add_generation_prompt=True)
         return str(text[0] if isinstance(text, list) else text)
 
     def prepare_inputs(self, request: GenerationRequest) -> dict[str, Any]:
