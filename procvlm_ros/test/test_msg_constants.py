@@ -72,3 +72,29 @@ def test_enum_equals_generated_message_class(cls, msg, prefix):
     generated = {name: int(getattr(msg_cls, name)) for name in dir(msg_cls)
                  if name.startswith(prefix) and name.isupper()}
     assert generated == enum_constants(cls, prefix)
+
+
+# NavigationAction: its STATUS_* are a subset of Progress's codes (what the node copies from
+# the core), and its action constants are the core's NAVIGATION_ACTIONS, word for word.
+NAVIGATION_STATUS = {'STATUS_OK': Status.OK, 'STATUS_NO_ACTION': Status.CARRIED_FORWARD,
+                     'STATUS_ERROR': Status.ERROR}
+_STRING_CONSTANT = re.compile(r'^\s*string\s+(?P<name>[A-Z][A-Z0-9_]*)\s*=\s*"(?P<value>[^"]*)"')
+
+
+def test_navigation_action_constants_match_the_core():
+    from procvlm_ros.core.profiles.results import NAVIGATION_ACTIONS
+    from procvlm_ros.ros import profile_conversions as pc
+
+    text = (MSG_DIR / 'NavigationAction.msg').read_text(encoding='utf-8')
+    assert msg_constants(text, 'STATUS_') == {k: int(v) for k, v in NAVIGATION_STATUS.items()}
+    assert (pc.ACTION_OK, pc.ACTION_NONE, pc.ACTION_ERROR) == (0, 1, 5)
+    strings = {m['name']: m['value'] for m in map(_STRING_CONSTANT.match, text.splitlines())
+               if m}
+    assert strings == {a.upper(): a for a in NAVIGATION_ACTIONS}
+    try:
+        msgs = importlib.import_module('procvlm_msgs.msg')
+    except ImportError:
+        return
+    generated = msgs.NavigationAction
+    assert {a.upper(): getattr(generated, a.upper()) for a in NAVIGATION_ACTIONS} == strings
+    assert {k: getattr(generated, k) for k in NAVIGATION_STATUS} == msg_constants(text, 'STATUS_')
