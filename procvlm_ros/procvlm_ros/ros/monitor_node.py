@@ -37,12 +37,12 @@ from procvlm_ros.core import image as image_ops
 from procvlm_ros.core.annotate import overlay_progress, status_line
 from procvlm_ros.core.backends import create_backend
 from procvlm_ros.core.backends.base import Backend
-from procvlm_ros.core.config import BackendConfig, MonitorConfig, WindowConfig
+from procvlm_ros.core.config import BackendConfig, MonitorConfig, ProfileConfig, WindowConfig
 from procvlm_ros.core.errors import ConfigError, ProcVlmError
 from procvlm_ros.core.monitor import Admission, BackendState, Monitor, StepOutput
 from procvlm_ros.core.supervision import InterventionEvent, SupervisionConfig
 from procvlm_ros.core.types import Frame, Status
-from procvlm_ros.ros import conversions, views
+from procvlm_ros.ros import conversions, profile_io, views
 from procvlm_ros.ros.hil import HilServiceCaller
 from procvlm_ros.ros.params import declare_config, validate_update
 
@@ -61,7 +61,14 @@ _PASS_ALL = ('-2147483647', '0', '-2147483647')
 
 
 class MonitorNode(Node):
-    """Subscribes to a camera, publishes ``Progress`` for the task it is given."""
+    """
+    Subscribes to a camera, publishes what the task profile answers for the task it is given.
+
+    ``Progress`` for the progress profiles (procvlm_progress, pairwise_critic); a
+    ``NavigationAction`` per window for navigation_action; the ``~/query`` service for
+    grounded_query (``profile_io``). Status (loading, no frames, stale input, errors) is
+    published as ``Progress`` for every profile.
+    """
 
     def __init__(self, backend: Backend | None = None, **kwargs: Any) -> None:
         super().__init__('procvlm_monitor', **kwargs)
@@ -70,6 +77,7 @@ class MonitorNode(Node):
         self.backend_cfg = declare_config(self, BackendConfig,
                                           {'max_new_tokens': NODE_MAX_NEW_TOKENS})
         self.supervision_cfg = declare_config(self, SupervisionConfig)
+        self.profile_cfg = declare_config(self, ProfileConfig)
         m = self.monitor_cfg
         self.monitor = Monitor(
             backend if backend is not None else create_backend(self.backend_cfg),
@@ -78,7 +86,9 @@ class MonitorNode(Node):
             min_inference_period_s=m.min_inference_period_s, status_period_s=m.status_period_s,
             pre_resize_patch_size=self.backend_cfg.pre_resize_patch_size,
             max_image_pixels=m.max_image_pixels,
-            speculation=self.backend_cfg.speculation and self.backend_cfg.temperature == 0)
+            speculation=self.backend_cfg.speculation and self.backend_cfg.temperature == 0,
+            profile=profile_io.make_node_profile(self.profile_cfg, self.backend_cfg))
+        self.publishes = self.monitor.profile.publishes
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -93,6 +103,7 @@ class MonitorNode(Node):
         self._worker = threading.Thread(target=self._run, name='procvlm_inference', daemon=True)
         self._worker.start()
         self.get_logger().info(
+            f'profile={self.profile_cfg.profile} '
             f'backend={self.backend_cfg.backend} model={self.backend_cfg.model!r} '
             f'window={self.window_cfg.window_size}x{self.window_cfg.sample_period_s}s '
             f'input={self._input_topic()}')
@@ -109,6 +120,9 @@ class MonitorNode(Node):
         self._pub_done = self.create_publisher(Bool, 'done', latched)
         self._pub_image = self.create_publisher(Image, 'progress/image', 2)
         self._pub_marker = self.create_publisher(Marker, 'progress/marker', 10)
+        self._actions = profile_io.ActionOutput(self) if self.publishes == 'action' else None
+        self._queries = (profile_io.QueryServer(self, self.monitor, self._wake.set)
+                         if self.publishes == 'answer' else None)
         self.create_service(SetTask, '~/set_task', self._on_set_task)
         self.create_service(Trigger, '~/reset', self._on_reset)
         self._hil = (HilServiceCaller(self, m.hil_service, m.hil_service_type, m.hil_timeout_s)
@@ -318,6 +332,8 @@ class MonitorNode(Node):
                 self._wake.clear()
                 if self._stopping.is_set():
                     break
+                if self._queries is not None:
+                    self._queries.serve_pending(self._now)
                 self._publish(self.monitor.step(self._now()))
                 self._maybe_publish_image()
         except Exception as e:  # noqa: BLE001 - a bug must not silently stop the monitor
@@ -335,7 +351,12 @@ class MonitorNode(Node):
 
     # ---------------------------------------------------------------- output
     def _publish(self, out: StepOutput) -> None:
-        if out.estimate is not None:
+        if out.estimate is not None and self._actions is not None:
+            # A navigation step has no progress value: the action, and errors as status.
+            self._actions.publish(out, self.monitor.backend.name)
+            if out.estimate.status is Status.ERROR:
+                self._publish_status_now(Status.ERROR, out.estimate.status_message, out)
+        elif out.estimate is not None:
             self._publish_estimate(out)
         elif out.status is not None:
             self._publish_status_now(out.status, out.message, out)
@@ -469,6 +490,8 @@ class MonitorNode(Node):
 
     def close(self) -> bool:
         """Stop the inference thread and release the model; False if it could not stop."""
+        if self._queries is not None:
+            self._queries.close()
         stopped = self.stop()
         if stopped:
             self.monitor.close()
