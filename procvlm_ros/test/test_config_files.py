@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import yaml
 
-from procvlm_ros.core.config import BackendConfig, MonitorConfig, WindowConfig
+from procvlm_ros.core.config import BackendConfig, MonitorConfig, ProfileConfig, WindowConfig
 from procvlm_ros.core.supervision import SupervisionConfig
 
 PKG = Path(__file__).resolve().parents[1]
@@ -18,14 +18,14 @@ NODE_OVERRIDES = {'max_new_tokens': 512}
 
 def test_monitor_yaml_lists_every_parameter_with_its_default():
     params = yaml.safe_load((PKG / 'config/monitor.yaml').read_text())['/**']['ros__parameters']
-    for cls in (MonitorConfig, WindowConfig, BackendConfig, SupervisionConfig):
+    for cls in (MonitorConfig, WindowConfig, BackendConfig, SupervisionConfig, ProfileConfig):
         for f in fields(cls):
             if f.name == 'scripted_outputs':  # test/demo-only, documented as a comment
                 continue
             assert f.name in params, f'{f.name} missing from monitor.yaml'
             assert params[f.name] == NODE_OVERRIDES.get(f.name, f.default), f.name
     declared = {f.name for c in (MonitorConfig, WindowConfig, BackendConfig, SupervisionConfig)
-                for f in fields(c)}
+                for f in fields(c)} | {f.name for f in fields(ProfileConfig)}
     assert set(params) <= declared, set(params) - declared
 
 

@@ -132,6 +132,60 @@ class ProfileConfig:
         'navigation_action (R2R-style history + current frame -> Move/Left/Right/Stop) or '
         'grounded_query (questions about the current frame through a service, answers with '
         'points).', choices=PROFILE_NAMES))
+    # pairwise_critic (VLAC-style; core/profiles/pairwise_critic.py)
+    critic_accumulation: str = field(default='simple', metadata=param(
+        'pairwise_critic: how deltas accumulate into the 0-100 value: simple (VLAC default, '
+        'v + (100 - v) * d / 100), asymmetric (VLAC simple=False: slower falls) or mix (VLAC '
+        'mix_f).', choices=('simple', 'asymmetric', 'mix')))
+    critic_done_min_value: float = field(default=80.0, metadata=param(
+        'pairwise_critic: ask the done query (a second model call) once the accumulated value '
+        'reaches this; above 100 never by value.', lo=0.0, hi=1000.0))
+    critic_done_every: int = field(default=0, metadata=param(
+        'pairwise_critic: also ask the done query every N windows; 0 never by count.',
+        lo=0, hi=1_000_000))
+    critic_done_threshold: float = field(default=0.9, metadata=param(
+        "pairwise_critic: a done answer above this counts as done (VLAC's done_threshold).",
+        lo=0.0, hi=1.0))
+    critic_done_sets_value: bool = field(default=True, metadata=param(
+        'pairwise_critic: a done answer sets the value to 100, so the supervisor sees it.'))
+    critic_reference_path: str = field(default='', metadata=param(
+        'pairwise_critic: a demonstration (folder of images or a video file) put in context as '
+        'reference frames; empty: none.'))
+    critic_reference_frames: int = field(default=6, metadata=param(
+        'pairwise_critic: reference frames taken from the demonstration (VLAC: 2 to 11).',
+        lo=2, hi=11))
+    critic_image_size: int = field(default=448, metadata=param(
+        'pairwise_critic: square side every image is resized to (VLAC: 448); 0 keeps the '
+        'prepared frame.', lo=0, hi=4096))
+    # navigation_action (R2R-style; core/profiles/navigation_action.py)
+    navigation_system_prompt: str = field(default='', metadata=param(
+        "navigation_action: system prompt; empty: the checkpoint's system_prompt.txt when it "
+        "ships one, else the model card's text."))
+    navigation_move_possible: bool = field(default=True, metadata=param(
+        'navigation_action: offer Move among the possible actions (off: Left, Right, Stop).'))
+    navigation_move_distance_m: float = field(default=0.0, metadata=param(
+        "navigation_action: metres added to the prompt's distance travelled per Move.",
+        lo=0.0, hi=1000.0))
+    # grounded_query (ViGoRL-style; core/profiles/grounded_query.py)
+    grounded_system_prompt_style: str = field(default='qa_multiturn', metadata=param(
+        'grounded_query: published system prompt: qa_multiturn (question answering with zoom), '
+        'grounding_multiturn (point at an element, with zoom), spatial, grounding (single '
+        'turn) or none.',
+        choices=('qa_multiturn', 'grounding_multiturn', 'spatial', 'grounding', 'none')))
+    grounded_system_prompt: str = field(default='', metadata=param(
+        "grounded_query: replaces the style's system prompt when not empty."))
+    grounded_zoom: bool = field(default=True, metadata=param(
+        'grounded_query: answer a search_coordinate tool call with a crop (another turn).'))
+    grounded_max_turns: int = field(default=4, metadata=param(
+        'grounded_query: model calls per question at most, zoom turns included.', lo=1, hi=16))
+    grounded_crop_offset: int = field(default=182, metadata=param(
+        'grounded_query: half side of the zoom box in model pixels (ViGoRL V*: 182).',
+        lo=1, hi=8192))
+    grounded_crop_size: int = field(default=672, metadata=param(
+        'grounded_query: side the zoom crop is resized to, rounded to the model factor.',
+        lo=1, hi=8192))
+    grounded_crop_dot: bool = field(default=False, metadata=param(
+        'grounded_query: draw a red dot at the zoom point and say so in the turn.'))
 
     def __post_init__(self) -> None:
         validate_fields(self)

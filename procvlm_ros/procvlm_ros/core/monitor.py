@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 
 from procvlm_ros.core import image as image_ops
-from procvlm_ros.core.backends.base import Backend
+from procvlm_ros.core.backends.base import Backend, GenerationRequest, GenerationResult
 from procvlm_ros.core.config import WindowConfig
 from procvlm_ros.core.errors import ProcVlmError
 from procvlm_ros.core.estimator import ProgressEstimator
 from procvlm_ros.core.frame_window import FrameWindow
-from procvlm_ros.core.profiles import TaskProfile
+from procvlm_ros.core.profiles import Interpretation, TaskProfile
 from procvlm_ros.core.prompt import validate_task
 from procvlm_ros.core.supervision import (
     EpisodeSupervisor,
@@ -113,6 +113,25 @@ class MonitorStats:
     latency_p95_s: float
     decoder_passes: int
     draft_tokens_accepted: int
+
+
+@dataclass(frozen=True)
+class QueryOutput:
+    """
+    The answer to one question about the newest frame (:meth:`Monitor.ask_latest`).
+
+    :param answer: The profile's interpretation: ``result`` is a ``GroundedAnswer`` (points in
+        pixels of ``frame``), ``ok`` False when no answer could be read (``notes`` say why),
+        ``text`` every turn's answer.
+    :param frame: The frame asked about (its stamp and frame id go on the reply and markers).
+    :param frame_age_s: ``now_ns`` minus the frame's stamp, in seconds.
+    """
+
+    episode: int
+    question: str
+    frame: Frame
+    answer: Interpretation
+    frame_age_s: float
 
 
 class Monitor:
@@ -421,6 +440,8 @@ class Monitor:
             return Status.ERROR, f'cannot load backend: {self._load_error}'
         if self._backend_state is not BackendState.READY:
             return Status.LOADING, f'loading {self.backend.name} backend'
+        if not self._estimator.profile.runs_windows:
+            return self._query_only_status(now_ns)
         if not self._task:
             return Status.ERROR, 'no task: set the task parameter or call ~/set_task'
         snapshot = self._window.snapshot()
@@ -440,6 +461,57 @@ class Monitor:
         keys = tuple((self._episode, s) for s in snapshot.sequences)
         return _Plan(self._episode, self._task, snapshot.frames, keys, self._percent,
                      self._draft if self.speculation else (), self._profile_state)
+
+    def _query_only_status(self, now_ns: int) -> tuple[Status, str] | None:
+        # A profile that answers on request (ask_latest): no windows, only the input's health.
+        if self._latest_frame is None:
+            return Status.WAITING_FOR_FRAMES, self._input_error or 'waiting for frames'
+        age = self._input_age_s(now_ns)
+        if age > self._stale_after_s:
+            return Status.STALE_INPUT, f'no frame for {age:.1f} s'
+        return (Status.ERROR, self._input_error) if self._input_error else None
+
+    # ------------------------------------------------------------------ questions (any thread)
+    def ask_latest(self, question: str, now_ns: int) -> QueryOutput:
+        """
+        Ask the profile's question about the newest accepted frame (grounded_query profile).
+
+        Runs outside the window loop and may be called from any thread (a service callback):
+        the backend's own lock serialises it with the loop's inference, so it waits for a
+        running window at most. The frame is prepared as the loop prepares frames (JPEG round
+        trip, pre-resize) but not cached (the cache belongs to the loop).
+
+        :raises ProcVlmError: When the profile answers no questions, the question is empty,
+            the backend is not loaded, no frame has arrived yet, or inference fails.
+        """
+        profile = self._estimator.profile
+        answer = getattr(profile, 'answer', None)
+        if profile.publishes != 'answer' or answer is None:
+            raise ProcVlmError(f'the {profile.name} profile answers no questions; use the '
+                               'grounded_query profile')
+        if not isinstance(question, str) or not question.strip():
+            raise ProcVlmError('question must be a non-empty sentence')
+        with self._lock:
+            if self._backend_state is BackendState.FAILED:
+                raise ProcVlmError(f'cannot load backend: {self._load_error}')
+            if self._backend_state is not BackendState.READY:
+                raise ProcVlmError(f'{self.backend.name} backend is not loaded '
+                                   f'({self._backend_state.value})')
+            frame, episode = self._latest_frame, self._episode
+        if frame is None:
+            raise ProcVlmError('no camera frame yet: nothing to ask about')
+        question = question.strip()
+
+        def ask(messages: list[dict[str, Any]], images: Sequence[Any],
+                keys: Sequence[Any] | None, draft: Sequence[int] | None) -> GenerationResult:
+            return self.backend.generate(GenerationRequest(
+                images=list(images), task=question, messages=messages))
+
+        height, width = frame.image.shape[:2]
+        interpretation = answer(ask, self._estimator.prepare(frame), question,
+                                frame_size=(int(width), int(height)))
+        return QueryOutput(episode=episode, question=question, frame=frame,
+                           answer=interpretation, frame_age_s=(now_ns - frame.stamp_ns) / NS)
 
     def _commit(self, plan: _Plan, estimate: ProgressEstimate, now_ns: int,
                 tick_events: tuple[InterventionEvent, ...]) -> StepOutput:

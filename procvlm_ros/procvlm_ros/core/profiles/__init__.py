@@ -7,6 +7,12 @@ checkpoint's chat template and run; they never know which profile asked.
 """
 
 from procvlm_ros.core.profiles.base import Ask, Interpretation, TaskProfile
-from procvlm_ros.core.profiles.registry import make_profile, PROFILES
+from procvlm_ros.core.profiles.registry import (
+    make_profile,
+    profile_from_config,
+    profile_options,
+    PROFILES,
+)
 
-__all__ = ['Ask', 'Interpretation', 'PROFILES', 'TaskProfile', 'make_profile']
+__all__ = ['Ask', 'Interpretation', 'PROFILES', 'TaskProfile', 'make_profile',
+           'profile_from_config', 'profile_options']

@@ -59,6 +59,9 @@ class TaskProfile(abc.ABC):
     publishes: ClassVar[str] = 'progress'
     # The previous answer is a good draft for the next one (temporal speculation).
     drafts_from_previous: ClassVar[bool] = False
+    # Windows are evaluated in the Monitor's loop; False: the profile answers on request only
+    # (grounded_query: ``Monitor.ask_latest``), and the loop only supervises the input.
+    runs_windows: ClassVar[bool] = True
 
     def initial_state(self) -> Any:
         """Episode state before the first window."""

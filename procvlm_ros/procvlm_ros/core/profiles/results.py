@@ -36,11 +36,13 @@ class NavigationDecision:
     :param action: One of NAVIGATION_ACTIONS, or '' when the answer named none.
     :param step: Index of this step in the episode (0 first).
     :param raw: The answer text.
+    :param offered: The actions the prompt offered (no Move when moving was impossible).
     """
 
     action: str
     step: int
     raw: str = ''
+    offered: tuple[str, ...] = NAVIGATION_ACTIONS
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class GroundedAnswer:
     :param zoomed: A zoom tool call was made and answered with a crop (second turn).
     :param zoom_point: The point zoomed into, camera-frame pixels, when zoomed.
     :param raw: Every turn's answer text, in order.
+    :param model_size: ``(width, height)`` of the image the model saw (its pixel space).
+    :param frame_size: ``(width, height)`` of the camera frame the points are mapped to.
     """
 
     answer: str
@@ -69,3 +73,5 @@ class GroundedAnswer:
     zoomed: bool = False
     zoom_point: GroundedPoint | None = None
     raw: tuple[str, ...] = ()
+    model_size: tuple[int, int] = (0, 0)
+    frame_size: tuple[int, int] = (0, 0)
