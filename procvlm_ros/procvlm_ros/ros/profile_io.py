@@ -85,8 +85,8 @@ class ActionOutput:
             self._episode, self._next_step = estimate.episode, 0
         fields = profile_conversions.navigation_fields(
             estimate, task=out.task, backend=backend, next_step=self._next_step)
-        if fields['status'] != profile_conversions.ACTION_ERROR:
-            self._next_step = fields['step'] + 1
+        ok = fields['status'] == profile_conversions.ACTION_OK
+        self._next_step = fields['step'] + 1 if ok else fields['step']
         stamps = fields.pop('frame_stamps')
         msg = NavigationAction(**fields)
         msg.frame_stamps = [Time(sec=s, nanosec=n) for s, n in stamps]
@@ -211,10 +211,13 @@ class QueryServer:
         stamp = estimate.frame_stamps_ns[-1] if estimate.frame_stamps_ns else (
             frame.stamp_ns if frame else 0)
         response.header = header_of(stamp, frame.frame_id if frame else '')
-        response.success = True
+        # Without a final <answer> (turn limit, zoom refused) the reasoning and points still
+        # come back, but the query did not succeed.
+        response.success = estimate.status is Status.OK
         response.message = estimate.status_message or (
             f'{len(answer.points)} point(s)' + (', zoomed' if answer.zoomed else ''))
-        self._publish(response, answer)
+        if response.success:
+            self._publish(response, answer)
         return response
 
     def _publish(self, response: QueryFrame.Response, answer: GroundedAnswer) -> None:
