@@ -21,10 +21,12 @@ from typing import Any
 
 from procvlm_ros.core.backends import create_backend
 from procvlm_ros.core.backends.base import Backend
-from procvlm_ros.core.config import BackendConfig, WindowConfig
-from procvlm_ros.core.errors import ProcVlmError
+from procvlm_ros.core.config import BackendConfig, ProfileConfig, WindowConfig
+from procvlm_ros.core.errors import ConfigError, ProcVlmError
 from procvlm_ros.core.estimator import ProgressEstimator
-from procvlm_ros.core.monitor import Admission, Monitor
+from procvlm_ros.core.monitor import Admission, Monitor, QueryOutput
+from procvlm_ros.core.profiles import profile_from_config, TaskProfile
+from procvlm_ros.core.profiles.results import CriticStep, NavigationDecision
 from procvlm_ros.core.prompt import validate_task
 from procvlm_ros.core.sampling import build_uniform_indices
 from procvlm_ros.core.types import Frame, ProgressEstimate, Status
@@ -87,16 +89,8 @@ def make_output_record(*, source: Source, task: str, sample_index: int, frame: F
                        first_stamp_ns: int, window_frame_indices: list[int],
                        estimate: ProgressEstimate) -> dict[str, Any]:
     """One JSONL row with the official keys (``image_topic`` is added for rosbag input)."""
-    if source.fps is not None:
-        timestamp = frame.index / max(float(source.fps), 1e-6)
-    else:
-        timestamp = (frame.stamp_ns - first_stamp_ns) / 1e9
     record: dict[str, Any] = {
-        'video_path': str(source.path),
-        'task': task,
-        'sample_index': sample_index,
-        'frame_index': frame.index,
-        'timestamp_sec': timestamp,
+        **_where(source, task, sample_index, frame, first_stamp_ns),
         'window_frame_indices': window_frame_indices,
         'progress': estimate.percent,
         'parsed_progress': estimate.parsed_percent,
@@ -112,36 +106,97 @@ def make_output_record(*, source: Source, task: str, sample_index: int, frame: F
     return record
 
 
+def _where(source: Source, task: str, sample_index: int, frame: Frame,
+           first_stamp_ns: int) -> dict[str, Any]:
+    # The official leading keys: which file, task and frame a row is about.
+    if source.fps is not None:
+        timestamp = frame.index / max(float(source.fps), 1e-6)
+    else:
+        timestamp = (frame.stamp_ns - first_stamp_ns) / 1e9
+    return {'video_path': str(source.path), 'task': task, 'sample_index': sample_index,
+            'frame_index': frame.index, 'timestamp_sec': timestamp}
+
+
+def critic_fields(step: CriticStep) -> dict[str, Any]:
+    """What a ``pairwise_critic`` row adds to the official keys (``progress`` is the value)."""
+    return {'delta': step.delta, 'done': step.done, 'done_score': step.done_score}
+
+
+def navigation_record(*, source: Source, task: str, sample_index: int, frame: Frame,
+                      first_stamp_ns: int, estimate: ProgressEstimate) -> dict[str, Any]:
+    """One ``navigation_action`` row: the action ('' when none was read) and the step index."""
+    decision = estimate.result
+    action = decision.action if isinstance(decision, NavigationDecision) else ''
+    step = decision.step if isinstance(decision, NavigationDecision) else None
+    record = {**_where(source, task, sample_index, frame, first_stamp_ns),
+              'window_frame_indices': list(estimate.frame_indices), 'action': action,
+              'step': step, 'status_message': estimate.status_message,
+              'model_output': estimate.model_output}
+    if source.topic is not None:
+        record['image_topic'] = source.topic
+    return record
+
+
+def query_record(*, source: Source, task: str, sample_index: int, frame: Frame,
+                 first_stamp_ns: int, query: QueryOutput) -> dict[str, Any]:
+    """One ``grounded_query`` row: the answer about this frame and its points (frame pixels)."""
+    answer = query.answer.result
+    record = {**_where(source, task, sample_index, frame, first_stamp_ns),
+              'question': query.question, 'answer': answer.answer if query.answer.ok else None,
+              'points': [[p.x, p.y, p.label] for p in answer.points],
+              'zoomed': answer.zoomed,
+              'zoom_point': [answer.zoom_point.x, answer.zoom_point.y] if answer.zoom_point
+              else None,
+              'model_size': list(answer.model_size), 'frame_size': list(answer.frame_size),
+              'notes': list(query.answer.notes), 'model_output': query.answer.text}
+    if source.topic is not None:
+        record['image_topic'] = source.topic
+    return record
+
+
 def file_monitor(backend: Backend, task: str, *, window_size: int = 8,
                  jpeg_roundtrip: bool = True, pre_resize_patch_size: int = 14,
-                 speculation: bool = False,
-                 estimator: ProgressEstimator | None = None) -> Monitor:
-    """The core Monitor set up for a file: every sampled frame, order as given, 0.0 start."""
+                 speculation: bool = False, estimator: ProgressEstimator | None = None,
+                 profile: TaskProfile | None = None) -> Monitor:
+    """
+    The core Monitor set up for a file: every sampled frame, order as given, 0.0 start.
+
+    :param profile: The task profile (default: the official ProcVLM query). Profiles that
+        publish no progress start from None instead of 0.0 (there is nothing to carry).
+    """
     estimator = estimator or ProgressEstimator(
         backend, task, jpeg_roundtrip=jpeg_roundtrip,
-        pre_resize_patch_size=pre_resize_patch_size, cache_size=2 * max(1, window_size))
+        pre_resize_patch_size=pre_resize_patch_size, cache_size=2 * max(1, window_size),
+        profile=profile)
+    progress = estimator.profile.publishes == 'progress'
     return Monitor(backend, window=WindowConfig(window_size=max(1, int(window_size)),
                                                 sample_period_s=0.0,
                                                 jpeg_roundtrip=jpeg_roundtrip),
-                   task=task, stale_after_s=math.inf, initial_percent=0.0, live=False,
+                   task=task, stale_after_s=math.inf,
+                   initial_percent=0.0 if progress else None, live=False,
                    speculation=speculation, estimator=estimator)
 
 
 def score_source(source: Source, scorer: Monitor | ProgressEstimator, *, window_size: int = 8,
                  max_frames: int | None = None, max_sampled_frames: int = 512,
-                 output_path: Path | None = None,
-                 show_progress: bool = True) -> list[dict[str, Any]]:
+                 output_path: Path | None = None, show_progress: bool = True,
+                 question: str = '') -> list[dict[str, Any]]:
     """
     Evaluate every sampled frame's window; write JSONL rows as they are produced.
 
     ``scorer`` is a :class:`Monitor` made by :func:`file_monitor` (or, for older callers, a
     :class:`ProgressEstimator`, wrapped in one). Its backend must be loadable; the caller closes
-    it.
+    it. Rows follow the monitor's profile: progress profiles write the official keys
+    (``pairwise_critic`` adds ``delta``, ``done``, ``done_score``), ``navigation_action`` the
+    action and step, ``grounded_query`` asks ``question`` about every sampled frame (as the
+    live ``~/query`` service asks about the newest one) and writes the answer and its points.
     """
     from tqdm import tqdm
 
     monitor = scorer if isinstance(scorer, Monitor) else file_monitor(
         scorer.backend, scorer.task, window_size=window_size, estimator=scorer)
+    if not monitor.profile.runs_windows and not question.strip():
+        raise ConfigError(f'the {monitor.profile.name} profile needs a question (--question)')
     if not monitor.load():
         raise ProcVlmError(f'cannot load backend: {monitor.load_error}')
     indices = build_uniform_indices(source.total_frames, max_sampled_frames, max_frames)
@@ -161,16 +216,13 @@ def score_source(source: Source, scorer: Monitor | ProgressEstimator, *, window_
                    disable=not show_progress)
         for sample_index, frame in enumerate(source.read(indices)):
             first_stamp = frame.stamp_ns if first_stamp is None else first_stamp
-            estimate = _score_frame(monitor, frame, sample_index)
-            record = make_output_record(
-                source=source, task=monitor.task, sample_index=sample_index, frame=frame,
-                first_stamp_ns=first_stamp, window_frame_indices=list(estimate.frame_indices),
-                estimate=estimate)
+            record = _record(monitor, source, frame, sample_index, first_stamp, question)
             records.append(record)
             if out is not None:
                 out.write(json.dumps(record, ensure_ascii=False) + '\n')
                 out.flush()
-            bar.set_postfix(progress=f'{estimate.percent:.1f}%')
+            if isinstance(record.get('progress'), float):
+                bar.set_postfix(progress=f'{record["progress"]:.1f}%')
             bar.update(1)
         bar.close()
     finally:
@@ -180,6 +232,26 @@ def score_source(source: Source, scorer: Monitor | ProgressEstimator, *, window_
         raise ProcVlmError(f'{source.path}: decoded {len(records)} of {len(indices)} '
                            'selected frames; the file may be truncated')
     return records
+
+
+def _record(monitor: Monitor, source: Source, frame: Frame, sample_index: int,
+            first_stamp: int, question: str) -> dict[str, Any]:
+    where = {'source': source, 'task': monitor.task, 'sample_index': sample_index,
+             'frame': frame, 'first_stamp_ns': first_stamp}
+    profile = monitor.profile
+    if not profile.runs_windows:
+        verdict = monitor.offer(frame, frame.stamp_ns)
+        if verdict.admission is Admission.REJECTED:
+            raise ProcVlmError(f'frame {frame.index} cannot be asked about: {verdict.message}')
+        return query_record(**where, query=monitor.ask_latest(question, frame.stamp_ns))
+    estimate = _score_frame(monitor, frame, sample_index)
+    if profile.publishes == 'action':
+        return navigation_record(**where, estimate=estimate)
+    record = make_output_record(**where, window_frame_indices=list(estimate.frame_indices),
+                                estimate=estimate)
+    if isinstance(estimate.result, CriticStep):
+        record.update(critic_fields(estimate.result))
+    return record
 
 
 def _score_frame(monitor: Monitor, frame: Frame, sample_index: int) -> ProgressEstimate:
@@ -202,7 +274,8 @@ def infer_progress_from_video(*, video_path: str | Path, task: str, model_path: 
                               max_sampled_frames: int = 512, enable_value_head: bool = False,
                               backend: str | Backend = 'transformers',
                               image_topic: str | None = None, plot: bool = True,
-                              show_progress: bool = True,
+                              show_progress: bool = True, profile: ProfileConfig | None = None,
+                              question: str = '',
                               **backend_options: Any) -> list[dict[str, Any]]:
     """
     Score a video or rosbag2 topic; return (and optionally write) the per-frame records.
@@ -210,7 +283,10 @@ def infer_progress_from_video(*, video_path: str | Path, task: str, model_path: 
     Keyword-only like the official function. ``backend`` is a kind name or an already
     constructed :class:`Backend`; ``backend_options`` are further ``BackendConfig`` fields
     (``device``, ``attn_implementation``, ``prompt_layout``, ``value_head_calibration``, ...).
-    Also writes ``<output>.png`` with the progress curve when ``plot`` and ``output_path``.
+    ``profile`` picks the task profile and its settings (default: the official ProcVLM query);
+    ``question`` is what ``grounded_query`` asks about every sampled frame.
+    Also writes ``<output>.png`` with the progress curve when ``plot`` and ``output_path`` (for
+    profiles that publish progress).
     """
     task = validate_task(task)
     source = open_source(video_path, image_topic)
@@ -230,14 +306,28 @@ def infer_progress_from_video(*, video_path: str | Path, task: str, model_path: 
         runner, patch = create_backend(config), config.pre_resize_patch_size
         speculation = config.speculation and config.temperature == 0
     out = Path(output_path).expanduser().resolve() if output_path else None
+    chosen = _profile(profile, model_path, backend_options.get('prompt_layout', 'images_first'))
+    if chosen is not None and not chosen.runs_windows and not question.strip():
+        raise ConfigError(f'the {chosen.name} profile needs a question (--question)')
     with runner:
         monitor = file_monitor(runner, task, window_size=window_size, jpeg_roundtrip=jpeg,
-                               pre_resize_patch_size=patch, speculation=speculation)
+                               pre_resize_patch_size=patch, speculation=speculation,
+                               profile=chosen)
         records = score_source(source, monitor, window_size=window_size,
                                max_frames=max_frames, max_sampled_frames=max_sampled_frames,
-                               output_path=out, show_progress=show_progress)
+                               output_path=out, show_progress=show_progress,
+                               question=question)
+    if chosen is not None and chosen.publishes != 'progress':
+        return records
     if plot and out is not None:
         from procvlm_ros.media.plot import plot_progress
 
         plot_progress(records, out.with_suffix('.png'), title=task)
     return records
+
+
+def _profile(cfg: ProfileConfig | None, model: str, prompt_layout: str) -> TaskProfile | None:
+    # None: the estimator's default, the official ProcVLM query (exactly as before profiles).
+    if cfg is None or cfg.profile == 'procvlm_progress':
+        return None
+    return profile_from_config(cfg, model=model, prompt_layout=prompt_layout)

@@ -8,7 +8,7 @@ from pathlib import Path
 import sys
 
 from procvlm_ros.cli.options import add_field_options, field_values, FieldOption, Override
-from procvlm_ros.core.config import BackendConfig, WindowConfig
+from procvlm_ros.core.config import BackendConfig, ProfileConfig, WindowConfig
 from procvlm_ros.core.errors import ProcVlmError
 
 # Official evqa/inference.py names and defaults where they differ from the config fields.
@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     return _build()[0]
 
 
-def _build() -> tuple[argparse.ArgumentParser, list[FieldOption], list[FieldOption]]:
+def _build() -> tuple[argparse.ArgumentParser, list[FieldOption], list[FieldOption],
+                      list[FieldOption]]:
     p = argparse.ArgumentParser(
         prog='procvlm-infer',
         description='Per-frame task progress for a video file or a rosbag2 image topic; writes '
@@ -53,13 +54,26 @@ def _build() -> tuple[argparse.ArgumentParser, list[FieldOption], list[FieldOpti
                                 BackendConfig, overrides=BACKEND_OVERRIDES)
     window = add_field_options(p.add_argument_group('windows (WindowConfig)'), WindowConfig,
                                only=WINDOW_FIELDS)
-    return p, backend, window
+    group = p.add_argument_group(
+        'task profile (ProfileConfig)',
+        'What the model is asked. Rows: procvlm_progress the official keys; pairwise_critic '
+        'the same (progress = accumulated value) plus delta, done, done_score; '
+        'navigation_action action and step; grounded_query the answer to --question about '
+        'every sampled frame, with its points in frame pixels.')
+    group.add_argument('--question', default='',
+                       help='grounded_query: the question asked about every sampled frame')
+    profile = add_field_options(group, ProfileConfig)
+    return p, backend, window, profile
 
 
-def default_output(video_path: str) -> Path:
-    """Official default: ``<video_dir>/<stem>_progress.jsonl`` (bag directories: beside it)."""
+def default_output(video_path: str, profile: str = 'procvlm_progress') -> Path:
+    """
+    Official default: ``<video_dir>/<stem>_progress.jsonl`` (bag directories: beside it);
+    profiles other than the progress ones write ``<stem>_<profile>.jsonl``.
+    """
     path = Path(video_path).expanduser().resolve()
-    return path.with_name(f'{path.stem}_progress.jsonl')
+    suffix = 'progress' if profile in ('procvlm_progress', 'pairwise_critic') else profile
+    return path.with_name(f'{path.stem}_{suffix}.jsonl')
 
 
 def lora_model_paths(model_path: str, adapter: str, adapter_head: str) -> tuple[str, str, bool]:
@@ -85,14 +99,16 @@ def lora_model_paths(model_path: str, adapter: str, adapter_head: str) -> tuple[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, backend_options, window_options = _build()
+    parser, backend_options, window_options, profile_options = _build()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     from procvlm_ros.offline import infer_progress_from_video
 
-    output = Path(args.output_path) if args.output_path else default_output(args.video_path)
     options = field_values(args, backend_options)
     try:
+        profile = ProfileConfig(**field_values(args, profile_options))
+        output = (Path(args.output_path) if args.output_path
+                  else default_output(args.video_path, profile.profile))
         if args.use_lora:
             options['model'], options['adapter'], head = lora_model_paths(
                 options['model'], options['adapter'], options['adapter_head'])
@@ -106,12 +122,13 @@ def main(argv: list[str] | None = None) -> int:
             video_path=args.video_path, task=args.task, output_path=output,
             max_frames=args.max_frames, max_sampled_frames=args.max_sampled_frames,
             image_topic=args.image_topic, plot=not args.no_plot, show_progress=not args.quiet,
+            profile=profile, question=args.question,
             **official, **field_values(args, window_options), **options)
     except (ProcVlmError, FileNotFoundError) as e:
         print(f'procvlm-infer: error: {e}', file=sys.stderr)
         return 2
     print(f'Done. Wrote {len(records)} records to: {output}')
-    if not args.no_plot:
+    if not args.no_plot and profile.profile in ('procvlm_progress', 'pairwise_critic'):
         print(f'Plot: {output.with_suffix(".png")}')
     return 0
 

@@ -294,23 +294,25 @@ class PairwiseCriticProfile(TaskProfile):
         critic = ask(messages, sent, None if keys is None else sent_keys, None)
         delta, notes = parse_delta(critic.text)
         state = replace(state, first=first, first_key=first_key, windows=state.windows + 1)
-        if delta is None:
-            step = CriticStep(delta=None, value=state.value, raw=critic.text)
-            return self._interpret(None, step, state, False, critic, [], notes)
-        raw_value = accumulate(state.value, delta, self.accumulation)
-        value = max(0.0, min(100.0, raw_value))
-        if value != raw_value:
-            notes.append(f'accumulated value {raw_value:.2f} clamped to {value:g}')
-        state = replace(state, value=value, anchor=current, anchor_key=current_key,
-                        steps=state.steps + 1)
-        step = CriticStep(delta=delta, value=value, raw=critic.text)
+        if delta is not None:
+            raw_value = accumulate(state.value, delta, self.accumulation)
+            value = max(0.0, min(100.0, raw_value))
+            if value != raw_value:
+                notes.append(f'accumulated value {raw_value:.2f} clamped to {value:g}')
+            state = replace(state, value=value, anchor=current, anchor_key=current_key,
+                            steps=state.steps + 1)
+        # An unreadable delta carries the value (and keeps the anchor); the done query is
+        # still asked when due, so a broken critic answer does not hide a finished task.
+        step = CriticStep(delta=delta, value=state.value, raw=critic.text)
         calls: list[GenerationResult] = [critic]
         if self._done_due(state):
             done_call = ask(self.done_messages(task, current), [current],
                             None if keys is None else [current_key], None)
             calls.append(done_call)
             step, state = self._apply_done(step, state, done_call.text, notes)
-        return self._interpret(step.value, step, state, True, critic, calls[1:], notes)
+        ok = delta is not None or step.done is not None
+        return self._interpret(step.value if ok else None, step, state, ok, critic,
+                               calls[1:], notes)
 
     def _done_due(self, state: CriticState) -> bool:
         if state.done:
