@@ -37,9 +37,9 @@ from visualization_msgs.msg import ImageMarker
 from procvlm_ros.core.config import BackendConfig, ProfileConfig
 from procvlm_ros.core.errors import ProcVlmError
 from procvlm_ros.core.monitor import BackendState, Monitor, StepOutput
-from procvlm_ros.core.profiles import make_profile, TaskProfile
+from procvlm_ros.core.profiles import TaskProfile
+from procvlm_ros.core.profiles.registry import profile_from_config
 from procvlm_ros.core.profiles.results import GroundedAnswer
-from procvlm_ros.core.types import Status
 from procvlm_ros.ros import profile_conversions
 from procvlm_ros.ros.conversions import ns_to_stamp
 
@@ -55,13 +55,14 @@ def make_node_profile(profile_cfg: ProfileConfig, backend_cfg: BackendConfig) ->
     The node's task profile from its parameters.
 
     ``procvlm_progress`` takes the backend's ``prompt_layout``, as the estimator's default
-    profile does, so the ProcVLM query is the same whether or not a profile was configured.
+    profile does, so the ProcVLM query is the same whether or not a profile was configured;
+    the checkpoint directory gives navigation_action its shipped system prompt and
+    grounded_query its image geometry.
 
     :raises ConfigError: For options the profile refuses.
     """
-    if profile_cfg.profile == 'procvlm_progress':
-        return make_profile('procvlm_progress', prompt_layout=backend_cfg.prompt_layout)
-    return make_profile(profile_cfg.profile)
+    return profile_from_config(profile_cfg, model=backend_cfg.model,
+                               prompt_layout=backend_cfg.prompt_layout)
 
 
 def header_of(stamp_ns: int, frame_id: str) -> Header:
@@ -98,7 +99,6 @@ class ActionOutput:
 @dataclass
 class _Query:
     question: str
-    allow_zoom: bool
     done: threading.Event = field(default_factory=threading.Event)
     response: Any = None
 
@@ -146,7 +146,7 @@ class QueryServer:
         if refusal:
             response.success, response.message = False, refusal
             return response
-        query = _Query(request.question.strip(), bool(request.allow_zoom))
+        query = _Query(request.question.strip())
         with self._lock:
             self._pending.append(query)
         self._wake()
@@ -186,21 +186,21 @@ class QueryServer:
 
     def _answer(self, query: _Query, now_ns: int) -> QueryFrame.Response:
         response = QueryFrame.Response()
-        frame = self._monitor.view().latest_frame
         try:
-            estimate = self._monitor.ask_latest(query.question, now_ns,
-                                                allow_zoom=query.allow_zoom)
+            out = self._monitor.ask_latest(query.question, now_ns)
         except ProcVlmError as e:
             response.success, response.message = False, str(e)
             return response
-        answer = estimate.result
-        if estimate.status is Status.ERROR or not isinstance(answer, GroundedAnswer):
+        interpretation, frame = out.answer, out.frame
+        response.header = header_of(frame.stamp_ns, frame.frame_id)
+        answer = interpretation.result
+        if not isinstance(answer, GroundedAnswer):
             response.success = False
-            response.message = estimate.status_message or 'the model gave no answer'
-            response.raw_answers = [estimate.model_output] if estimate.model_output else []
+            response.message = '; '.join(interpretation.notes) or 'the model gave no answer'
+            response.raw_answers = [interpretation.text] if interpretation.text else []
             return response
         fields = profile_conversions.query_fields(
-            answer, inference_time_s=estimate.inference_time_s)
+            answer, inference_time_s=interpretation.latency_s or interpretation.last.latency_s)
         response.answer = fields['answer']
         response.points = [Point(**p) for p in fields['points']]
         response.point_labels = fields['point_labels']
@@ -208,13 +208,10 @@ class QueryServer:
         response.zoom_point = Point(**fields['zoom_point'])
         response.raw_answers = fields['raw_answers']
         response.inference_time_s = fields['inference_time_s']
-        stamp = estimate.frame_stamps_ns[-1] if estimate.frame_stamps_ns else (
-            frame.stamp_ns if frame else 0)
-        response.header = header_of(stamp, frame.frame_id if frame else '')
-        # Without a final <answer> (turn limit, zoom refused) the reasoning and points still
-        # come back, but the query did not succeed.
-        response.success = estimate.status is Status.OK
-        response.message = estimate.status_message or (
+        # Without a final <answer> (turn limit, zoom off) the reasoning and points still come
+        # back, but the query did not succeed; the profile's notes say why.
+        response.success = bool(interpretation.ok)
+        response.message = '; '.join(interpretation.notes) or (
             f'{len(answer.points)} point(s)' + (', zoomed' if answer.zoomed else ''))
         if response.success:
             self._publish(response, answer)

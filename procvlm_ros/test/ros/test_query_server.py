@@ -18,7 +18,7 @@ from visualization_msgs.msg import ImageMarker
 
 from procvlm_ros.core.monitor import BackendState
 from procvlm_ros.core.profiles.results import GroundedAnswer, GroundedPoint
-from procvlm_ros.core.types import Frame, Status
+from procvlm_ros.core.types import Frame
 from procvlm_ros.ros.profile_io import QueryServer
 
 STAMP = 42 * 10**9 + 5
@@ -35,14 +35,15 @@ class FakeMonitor:
     def view(self):
         return SimpleNamespace(latest_frame=self.frame)
 
-    def ask_latest(self, question, now_ns, *, allow_zoom=False):
-        self.asked.append((question, allow_zoom, threading.current_thread().name))
+    def ask_latest(self, question, now_ns):
+        self.asked.append((question, threading.current_thread().name))
         time.sleep(self.delay_s)
         answer = GroundedAnswer(answer='left of the cup',
                                 points=(GroundedPoint(3.0, 4.5, 'cup'),), raw=('raw',))
-        return SimpleNamespace(status=Status.OK, result=answer, frame_stamps_ns=(STAMP,),
-                               inference_time_s=self.delay_s, status_message='',
-                               model_output='raw')
+        interpretation = SimpleNamespace(ok=True, result=answer, notes=(), text='raw',
+                                         latency_s=self.delay_s, last=None)
+        return SimpleNamespace(answer=interpretation, frame=self.frame, episode=0,
+                               question=question, frame_age_s=0.0)
 
 
 class Rig:
@@ -98,10 +99,10 @@ def test_refusals_answer_and_markers_without_blocking_the_node(probe):
         monitor.frame = Frame(image=None, stamp_ns=STAMP, frame_id='cam')
         ticks = rig.ticks
         res = probe.call(QueryFrame, '/procvlm_monitor/query',
-                         QueryFrame.Request(question=' where? ', allow_zoom=True))
+                         QueryFrame.Request(question=' where? '))
         assert res.success, res.message
         assert rig.ticks - ticks >= 10  # the node's executor ran during the 1 s inference
-        assert monitor.asked == [('where?', True, 'infer')]
+        assert monitor.asked == [('where?', 'infer')]
         assert res.answer == 'left of the cup' and list(res.point_labels) == ['cup']
         assert [(p.x, p.y) for p in res.points] == [(3.0, 4.5)]
         assert (res.header.stamp.sec, res.header.stamp.nanosec, res.header.frame_id) == (
