@@ -143,7 +143,8 @@ def parse_action(text: str, offered: Sequence[str] = _ORDER) -> tuple[str, list[
     found = [m.group(1) for m in _ACTION.finditer(text)]
     if len(set(w.lower() for w in found)) > 1:
         notes.append(f'answer names {len(found)} actions; the first is used')
-    word = found[0] if found else next(iter(_WORD.findall(text)), '')
+    first_word = _WORD.search(text)
+    word = found[0] if found else (first_word.group(0) if first_word else '')
     if not found and word:
         notes.append('no "Action:" in the answer; its first word is read')
     canonical = {a.lower(): a for a in NAVIGATION_ACTIONS}.get(word.lower(), '')

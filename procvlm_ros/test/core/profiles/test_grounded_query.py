@@ -272,3 +272,41 @@ def test_ask_latest_refuses_profiles_that_answer_no_questions():
     monitor.offer(camera(0), 10**9)
     with pytest.raises(ProcVlmError, match='pairwise_critic profile answers no questions'):
         monitor.ask_latest(QUESTION, 10**9)
+
+
+def test_concurrent_questions_are_serialised_by_the_backend_lock():
+    import threading
+    import time
+
+    from procvlm_ros.core.backends.base import Backend, GenerationResult
+
+    class Slow(Backend):
+        name = 'slow'
+        running = 0
+        overlaps = 0
+
+        def _load(self):
+            pass
+
+        def _close(self):
+            pass
+
+        def _generate(self, request):
+            Slow.running += 1
+            Slow.overlaps += Slow.running > 1
+            time.sleep(0.02)
+            Slow.running -= 1
+            return GenerationResult(text='<answer>ok</answer>', generated_tokens=1,
+                                    prompt_tokens=0)
+
+    monitor = Monitor(Slow(), profile=make_profile('grounded_query', geometry=QWEN25))
+    assert monitor.load()
+    monitor.offer(camera(0), 10**9)
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(
+        monitor.ask_latest(QUESTION, 10**9).answer.result.answer)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert answers == ['ok'] * 4 and Slow.overlaps == 0
