@@ -139,8 +139,9 @@ def write_dataset_with_features(root_or_repo: str | Path, results: list[dict[str
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
         import numpy as np
     except ImportError as exc:
-        raise ProcVlmError('--write-dataset needs the lerobot package (and its torchvision); '
-                           f'cannot import it: {exc}') from exc
+        raise ProcVlmError('--write-dataset needs the lerobot package (and its torchvision), '
+                           'e.g. in .venv-lerobot (make venv-lerobot); cannot import it: '
+                           f'{exc}') from exc
     root = resolve_root(root_or_repo)
     dataset = LeRobotDataset(repo_id=root.name, root=root)
     total = int(dataset.meta.total_frames)
@@ -154,7 +155,8 @@ def write_dataset_with_features(root_or_repo: str | Path, results: list[dict[str
     if np.isnan(progress).any():
         raise ProcVlmError('not every frame of the dataset was labelled (use no --max-frames '
                            'and label every episode) before --write-dataset')
-    info = {'dtype': 'float32', 'shape': [1], 'names': None}
+    # (1,), not [1]: LeRobot maps only the tuple to a scalar column (datasets.Value)
+    info = {'dtype': 'float32', 'shape': (1,), 'names': None}
     add_features(dataset, {'progress': (progress.reshape(-1, 1), info),
                            'reward': (reward.reshape(-1, 1), info)},
                  output_dir=output_dir, repo_id=f'{root.name}_progress')
