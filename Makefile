@@ -1,12 +1,18 @@
 # Developer entry points. Every target sets up .venv itself (scripts/setup_venv.sh is idempotent).
 VENV ?= .venv
+LEROBOT_VENV ?= .venv-lerobot
 PY := $(abspath $(VENV))/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv demo adapt-demo test test-core bench lint clean
+.PHONY: venv venv-lerobot demo adapt-demo test test-core bench lint clean
 
 venv:
 	@scripts/setup_venv.sh $(VENV)
+
+## Second venv with lerobot 0.4.4 (torch 2.14.1 + torchvision + torchcodec, ~5.6 GB, ~3 min):
+## `make test` then also runs the LeRobot-API tests of procvlm-label in it
+venv-lerobot:
+	@scripts/setup_lerobot_venv.sh $(LEROBOT_VENV)
 
 ## Live demo: camera stream -> monitor node -> printed Progress, plot in out/demo/
 demo: venv
@@ -19,7 +25,8 @@ adapt-demo: venv
 
 ## Full test suite (core, backends, media, ROS nodes in separate processes, offline CLI)
 test: venv
-	cd procvlm_ros && PROCVLM_REQUIRE_ROS=1 $(PY) -m pytest test -q -p no:cacheprovider $(PYTEST_ARGS)
+	cd procvlm_ros && PROCVLM_REQUIRE_ROS=1 \
+	  PROCVLM_LEROBOT_PYTHON=$(abspath $(LEROBOT_VENV))/bin/python $(PY) -m pytest test -q -p no:cacheprovider $(PYTEST_ARGS)
 
 ## Only the ROS-free core, without the tests marked slow (markers: procvlm_ros/setup.cfg)
 test-core: venv
@@ -36,4 +43,4 @@ lint: venv
 	cd procvlm_ros && $(abspath $(VENV))/bin/ruff check procvlm_ros test launch
 
 clean:
-	rm -rf build out $(VENV)
+	rm -rf build out $(VENV) $(LEROBOT_VENV)

@@ -1,14 +1,21 @@
 """
 procvlm-label on LeRobot v3 datasets.
 
-The released ``lerobot`` (0.4.4) cannot be installed beside this project's torch 2.13 (it pins
-torch<2.11 and imports torchvision, which does not load here), so the dataset is laid out in
-the test by hand in LeRobot's v3 format (meta/info.json, meta/episodes, meta/tasks, data/,
+The released ``lerobot`` (0.4.4) cannot be installed beside the main venv's torch 2.13 (it
+pins torch<2.11 and imports torchvision, which does not load there), so most tests lay the
+dataset out by hand in LeRobot's v3 format (meta/info.json, meta/episodes, meta/tasks, data/,
 episodes concatenated in one mp4). ``test_with_lerobot_api`` builds it with LeRobot's own API
-and runs only where lerobot imports.
+and loads the ``--write-dataset`` copy with it; it runs where lerobot imports, i.e. in
+``.venv-lerobot`` (``make venv-lerobot``), into which the main venv's run hands it
+(``test_with_lerobot_api_in_lerobot_venv``).
 """
 
+import importlib.util
 import json
+import os
+from pathlib import Path
+import re
+import subprocess
 
 import numpy as np
 import pytest
@@ -194,9 +201,53 @@ def test_lerobot_bad_inputs(episodes, tmp_path, capsys):
     assert "cannot fetch LeRobot dataset 'nobody/nothing-here'" in capsys.readouterr().err
 
 
+LEROBOT_VENV = Path(__file__).resolve().parents[3] / '.venv-lerobot'
+# Set by .ci/run: a missing .venv-lerobot (or lerobot in it) fails instead of skipping.
+REQUIRE_LEROBOT = os.environ.get('PROCVLM_REQUIRE_LEROBOT') == '1'
+# Set for the run in .venv-lerobot: there test_with_lerobot_api imports lerobot, never skips.
+_IN_LEROBOT_VENV = 'PROCVLM_LEROBOT_SUBPROCESS'
+
+
+def _lerobot_python():
+    return Path(os.environ.get('PROCVLM_LEROBOT_PYTHON', LEROBOT_VENV / 'bin' / 'python'))
+
+
+@pytest.mark.skipif(importlib.util.find_spec('lerobot') is not None,
+                    reason='lerobot imports here: test_with_lerobot_api runs in this process')
+def test_with_lerobot_api_in_lerobot_venv():
+    """From the main venv: run test_with_lerobot_api under .venv-lerobot's Python."""
+    python = _lerobot_python()
+    if not python.exists():
+        message = f'{python} missing; make venv-lerobot (scripts/setup_lerobot_venv.sh)'
+        if REQUIRE_LEROBOT:
+            pytest.fail(message)
+        pytest.skip(message)
+    test = f'{Path(__file__).resolve()}::test_with_lerobot_api'
+    proc = subprocess.run(
+        [str(python), '-m', 'pytest', test, '-q', '-rs', '-p', 'no:cacheprovider',
+         '--timeout', '900'], cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, _IN_LEROBOT_VENV: '1'}, capture_output=True, text=True,
+        timeout=1200, check=False)
+    assert proc.returncode == 0 and re.search(r'^1 passed in ', proc.stdout, re.M), \
+        f'{python} -m pytest {test}: exit {proc.returncode}\n{proc.stdout[-8000:]}' \
+        f'\n{proc.stderr[-4000:]}'
+
+
+def _import_lerobot(module):
+    if os.environ.get(_IN_LEROBOT_VENV) == '1':
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason='runs in .venv-lerobot: '
+                               'test_with_lerobot_api_in_lerobot_venv')
+
+
 def test_with_lerobot_api(episodes, tmp_path):
-    """Where lerobot imports: build with its API, label, load the added-feature dataset."""
-    lerobot_dataset = pytest.importorskip('lerobot.datasets.lerobot_dataset')
+    """
+    A dataset made with LeRobot's API; label it; the sidecar lines up with the dataset as LeRobot
+    loads it; ``--write-dataset`` (LeRobot's ``dataset_tools.add_features``) gives a dataset that
+    LeRobot loads, whose ``progress``/``reward`` equal the labels on every frame.
+    """
+    lerobot_dataset = _import_lerobot('lerobot.datasets.lerobot_dataset')
+    torch = pytest.importorskip('torch')
     root = tmp_path / 'ds'
     h, w = episodes[0].frame(0).shape[:2]
     ds = lerobot_dataset.LeRobotDataset.create(
@@ -208,13 +259,46 @@ def test_with_lerobot_api(episodes, tmp_path):
             ds.add_frame({KEY: e.frame(i), 'task': e.task.sentence})
         ds.save_episode()
     ds.finalize()
-    out = tmp_path / 'out'
+    source = lerobot_dataset.LeRobotDataset('local/synth', root=root)
+    total = sum(e.num_frames for e in episodes)
+    assert source.meta.total_episodes == len(episodes) and len(source) == total
+
+    out, added_root = tmp_path / 'out', tmp_path / 'with_progress'
     assert cli.main(['run', '--lerobot', str(root), '--out', str(out), '--stride', '4',
-                     '--write-dataset', str(tmp_path / 'with_progress'), *MODEL_ARGS]) == 0
-    added = lerobot_dataset.LeRobotDataset('local/synth_progress',
-                                           root=tmp_path / 'with_progress')
-    result = json.loads((out / 'episodes' / 'episode_000001.json').read_text())
-    start = int(result['dataset_from_index'])
-    item = added[start + 3]
-    assert float(item['progress']) == pytest.approx(result['frames']['progress'][3], abs=1e-6)
-    assert float(item['reward']) == pytest.approx(result['frames']['reward'][3], abs=1e-6)
+                     '--write-dataset', str(added_root), *MODEL_ARGS]) == 0
+    results = [json.loads((out / 'episodes' / f'episode_{i:06d}.json').read_text())
+               for i in range(len(episodes))]
+    assert [r['task'] for r in results] == [e.task.sentence for e in episodes]
+    progress = np.concatenate([r['frames']['progress'] for r in results]).astype(np.float32)
+    reward = np.concatenate([r['frames']['reward'] for r in results]).astype(np.float32)
+    assert progress.shape == (total,)
+
+    # lerobot 0.4.4 has no frame_signals reader: check the contract, and that every sidecar row
+    # names the frame LeRobot's own loader has at that index.
+    table, _, _ = read_frame_signals(out / 'frame_signals' / 'progress.parquet')
+    _check_frame_signals_contract(table)
+    rows = source.hf_dataset.with_format(None).to_dict()  # LeRobot's data as columns
+    for name in ('index', 'episode_index', 'frame_index'):
+        assert table[name].to_pylist() == [int(v) for v in rows[name]], name
+    np.testing.assert_allclose(np.asarray(table['progress']), progress, atol=1e-6)
+
+    added = lerobot_dataset.LeRobotDataset('local/synth_progress', root=added_root)
+    for name in ('progress', 'reward'):
+        assert added.meta.features[name] == {'dtype': 'float32', 'shape': (1,), 'names': None}
+    assert added.meta.total_episodes == len(episodes) and len(added) == total
+    new_rows = added.hf_dataset.with_format(None).to_dict()
+    np.testing.assert_array_equal(np.asarray(new_rows['progress'], dtype=np.float32), progress)
+    np.testing.assert_array_equal(np.asarray(new_rows['reward'], dtype=np.float32), reward)
+    for name in ('index', 'episode_index', 'frame_index', 'task_index', 'timestamp'):
+        assert new_rows[name] == rows[name], name
+    for r, e in zip(results, episodes):  # items as training sees them (video decoded)
+        start = int(r['dataset_from_index'])
+        for i in (0, 3, e.num_frames - 1):
+            item, before = added[start + i], source[start + i]
+            assert int(item['episode_index']) == r['index'] and int(item['frame_index']) == i
+            assert item['task'] == e.task.sentence
+            assert float(item['progress']) == pytest.approx(r['frames']['progress'][i],
+                                                            abs=1e-6)
+            assert float(item['reward']) == pytest.approx(r['frames']['reward'][i], abs=1e-6)
+            assert item[KEY].shape == (3, h, w)
+            assert torch.equal(item[KEY], before[KEY])
