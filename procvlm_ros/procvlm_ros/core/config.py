@@ -163,6 +163,9 @@ class ProfileConfig:
         "ships one, else the model card's text."))
     navigation_move_possible: bool = field(default=True, metadata=param(
         'navigation_action: offer Move among the possible actions (off: Left, Right, Stop).'))
+    navigation_answer_prefix: str = field(default='Action: ', metadata=param(
+        "navigation_action: text that starts the model's reply (the R2R authors' 'Action: '); "
+        'empty: the model writes the whole answer.'))
     navigation_move_distance_m: float = field(default=0.0, metadata=param(
         "navigation_action: metres added to the prompt's distance travelled per Move.",
         lo=0.0, hi=1000.0))

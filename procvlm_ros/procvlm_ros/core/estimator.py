@@ -104,11 +104,11 @@ class ProgressEstimator:
 
         def ask(messages: list[dict[str, object]], images: Sequence[Image.Image],
                 image_keys: Sequence[object] | None,
-                draft: Sequence[int] | None) -> GenerationResult:
+                draft: Sequence[int] | None, prefix: str = '') -> GenerationResult:
             return self.backend.generate(GenerationRequest(
                 images=list(images), task=task,
                 frame_keys=tuple(image_keys) if image_keys is not None else None,
-                draft_token_ids=draft, messages=messages))
+                draft_token_ids=draft, messages=messages, assistant_prefix=prefix))
 
         try:
             keyed = keys if keys is not None else [None] * len(frames)

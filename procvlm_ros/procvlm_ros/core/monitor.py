@@ -503,9 +503,10 @@ class Monitor:
         question = question.strip()
 
         def ask(messages: list[dict[str, Any]], images: Sequence[Any],
-                keys: Sequence[Any] | None, draft: Sequence[int] | None) -> GenerationResult:
+                keys: Sequence[Any] | None, draft: Sequence[int] | None,
+                prefix: str = '') -> GenerationResult:
             return self.backend.generate(GenerationRequest(
-                images=list(images), task=question, messages=messages))
+                images=list(images), task=question, messages=messages, assistant_prefix=prefix))
 
         height, width = frame.image.shape[:2]
         interpretation = answer(ask, self._estimator.prepare(frame), question,

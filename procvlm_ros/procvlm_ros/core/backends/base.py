@@ -38,6 +38,9 @@ class GenerationRequest:
     :param messages: The chat built by a task profile (system prompt, text, image parts in the
         order of ``images``); the backend applies the checkpoint's chat template to it. None:
         the ProcVLM query for ``task`` (the ``procvlm_progress`` profile's messages).
+    :param assistant_prefix: Text that starts the assistant's reply (after the template's
+        generation prompt), e.g. ``Action: `` as the R2R authors do; the answer returned is
+        what the model wrote after it.
     """
 
     images: Sequence[Image.Image]
@@ -45,6 +48,7 @@ class GenerationRequest:
     frame_keys: Sequence[Any] | None = None
     draft_token_ids: Sequence[int] | None = None
     messages: Sequence[dict[str, Any]] | None = None
+    assistant_prefix: str = ''
 
     def chat(self, prompt_layout: str = 'images_first') -> list[dict[str, Any]]:
         """The messages to render: the profile's, else the ProcVLM query for ``task``."""

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from PIL import Image
 
 from procvlm_ros.core.backends.base import GenerationResult
 
-# One model call: (messages, images in message order, frame keys or None, draft ids or None).
-Ask = Callable[[list[dict[str, Any]], Sequence[Image.Image], Sequence[Any] | None,
-                Sequence[int] | None], GenerationResult]
+class Ask(Protocol):
+    """
+    One model call: messages, images in message order, frame keys or None, draft ids or
+    None, and optional text that starts the assistant's reply (the answer excludes it).
+    """
+
+    def __call__(self, messages: list[dict[str, Any]], images: Sequence[Image.Image],
+                 keys: Sequence[Any] | None, draft: Sequence[int] | None,
+                 prefix: str = '') -> GenerationResult: ...
 
 # What a profile's answers are published as on ROS (and written as offline).
 PUBLISHES = ('progress', 'action', 'answer')

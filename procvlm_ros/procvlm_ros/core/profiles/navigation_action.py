@@ -23,9 +23,11 @@ aligned as in training; the window bounds the history, the authors sent all of i
 counter, the actions and the distance live in the profile state, which the Monitor resets with
 the episode. An answer that names no offered action leaves the state as it was (no step).
 
-Not reproduced: the authors append ``Action: `` after ``<|im_start|>assistant\\n`` and read the
-argmax token at the last position; backends render the generation prompt only, so the model
-writes ``Action: X`` itself and the parser accepts that, a bare ``X`` and common decorations.
+The reply starts with ``Action: `` as the authors start it (``answer_prefix``, sent to the
+backend as the assistant prefix), so the model writes the action word next; greedy decoding's
+first token is the authors' argmax at the last position. The parser reads the prefix and the
+answer together and also accepts a full ``Action: X``, a bare ``X`` and common decorations
+(``answer_prefix`` '' lets the model write everything itself).
 The distance is ``move_distance_m`` per Move (the simulator's graph edge lengths do not exist on
 a robot; 0 keeps "0").
 """
@@ -47,6 +49,7 @@ from procvlm_ros.core.profiles.common import interleave, resize_exact
 from procvlm_ros.core.profiles.results import NAVIGATION_ACTIONS, NavigationDecision
 
 FRAME_SIZE = (320, 240)  # width, height of the training frames
+ANSWER_PREFIX = 'Action: '  # the authors start the reply with it and read the next token
 # The system prompt of system_prompt_low_level.json (the Move + auto-turn variant).
 SYSTEM_PROMPT = (
     'You are a robot which follows route instructions step-by-step to reach a destination. At '
@@ -169,6 +172,7 @@ class NavigationActionProfile(TaskProfile):
     :param move_possible: Offer Move (False: the robot cannot move forward now).
     :param move_distance_m: Metres added to the distance per Move.
     :param frame_size: Width and height every image is resized to (Lanczos).
+    :param answer_prefix: Text that starts the assistant's reply (the authors' ``Action: ``).
     """
 
     name: ClassVar[str] = 'navigation_action'
@@ -176,7 +180,8 @@ class NavigationActionProfile(TaskProfile):
 
     def __init__(self, system_prompt: str = '', model_dir: str = '',
                  move_possible: bool = True, move_distance_m: float = 0.0,
-                 frame_size: tuple[int, int] = FRAME_SIZE) -> None:
+                 frame_size: tuple[int, int] = FRAME_SIZE,
+                 answer_prefix: str = ANSWER_PREFIX) -> None:
         shipped = read_checkpoint_system_prompt(model_dir) if not system_prompt else None
         self.system_prompt = system_prompt or shipped or SYSTEM_PROMPT
         self.system_prompt_source = ('option' if system_prompt else
@@ -188,6 +193,14 @@ class NavigationActionProfile(TaskProfile):
         self.move_possible = bool(move_possible)
         self.move_distance_m = float(move_distance_m)
         self.frame_size = (int(frame_size[0]), int(frame_size[1]))
+        self.answer_prefix = str(answer_prefix)
+
+    def _with_prefix(self, answer: str) -> str:
+        """The whole reply: the prefix the model continued, unless it repeated the prefix."""
+        head = self.answer_prefix.strip().lower()
+        if head and answer.lstrip().lower().startswith(head):
+            return answer
+        return self.answer_prefix + answer
 
     def initial_state(self) -> NavigationState:
         return NavigationState()
@@ -217,17 +230,18 @@ class NavigationActionProfile(TaskProfile):
         window = [resize_exact(i, self.frame_size) for i in images[len(images) - 1 - count:]]
         history, current = window[:-1], window[-1]
         sent_keys = None if keys is None else list(keys)[len(images) - 1 - count:]
-        result = ask(self.messages(task, state, history, current), window, sent_keys, None)
+        result = ask(self.messages(task, state, history, current), window, sent_keys, None,
+                     self.answer_prefix)
+        text = self._with_prefix(result.text)
         offered = offered_actions(self.move_possible)
-        action, notes = parse_action(result.text, offered)
-        decision = NavigationDecision(action=action, step=state.step, raw=result.text,
-                                      offered=offered)
+        action, notes = parse_action(text, offered)
+        decision = NavigationDecision(action=action, step=state.step, raw=text, offered=offered)
         if action:
             state = NavigationState(
                 step=state.step + 1, actions=(*state.actions, action),
                 distance=state.distance + (self.move_distance_m if action == 'Move' else 0.0))
         return Interpretation(
-            percent=None, result=decision, state=state, ok=bool(action), text=result.text,
+            percent=None, result=decision, state=state, ok=bool(action), text=text,
             last=result, notes=tuple(notes), generated_tokens=result.generated_tokens,
             latency_s=result.latency_s)
 

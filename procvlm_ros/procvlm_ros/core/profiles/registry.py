@@ -58,7 +58,8 @@ def profile_options(cfg: ProfileConfig, *, model: str = '',
     if cfg.profile == 'navigation_action':
         return {'system_prompt': cfg.navigation_system_prompt, 'model_dir': model,
                 'move_possible': cfg.navigation_move_possible,
-                'move_distance_m': cfg.navigation_move_distance_m}
+                'move_distance_m': cfg.navigation_move_distance_m,
+                'answer_prefix': cfg.navigation_answer_prefix}
     return {'system_prompt_style': cfg.grounded_system_prompt_style,
             'system_prompt': cfg.grounded_system_prompt, 'zoom': cfg.grounded_zoom,
             'max_turns': cfg.grounded_max_turns, 'crop_offset': cfg.grounded_crop_offset,

@@ -412,3 +412,24 @@ def test_pixel_limit_overrides_reproduce_measured_token_count(ckpt):
     assert inputs['image_grid_thw'].tolist() == [[1, 30, 40]] * 8  # 300 tokens per frame
     assert inputs['input_ids'].shape[1] == 2469
     assert int((inputs['input_ids'] == IMAGE_PAD_ID).sum()) == 2400
+
+
+def test_assistant_prefix_starts_the_reply(backends, ckpt):
+    """A profile's reply prefix follows the generation prompt; the answer is what comes after."""
+    backend = backends['images_first']
+    images = make_window(4)[:2]
+    prefix = 'Action: '
+    request = GenerationRequest(images=images, task=TASK, assistant_prefix=prefix)
+    assert backend.render_chat(request) == GOLDEN_2['images_first'] + prefix
+    result = backend.generate(request)
+    ref = independent_inputs(ckpt, images, 'images_first')
+    tok = backend.processor.tokenizer
+    tail = torch.tensor([tok(prefix, add_special_tokens=False)['input_ids']])
+    ids = torch.cat([ref['input_ids'], tail], dim=1)
+    ref = {**ref, 'input_ids': ids, 'attention_mask': torch.ones_like(ids),
+           'mm_token_type_ids': (ids == IMAGE_PAD_ID).long()}
+    with torch.inference_mode():
+        direct = backend.model.generate(**ref, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+    assert result.token_ids == direct[0, ids.shape[1]:].tolist()
+    plain = backend.generate(GenerationRequest(images=images, task=TASK))
+    assert result.prompt_tokens == plain.prompt_tokens + tail.shape[1]

@@ -15,9 +15,11 @@ class Asker:
     def __init__(self, *answers: str) -> None:
         self.answers = list(answers)
         self.calls: list[tuple[list, list, object]] = []
+        self.prefixes: list[str] = []
 
-    def __call__(self, messages, images, keys, draft):
+    def __call__(self, messages, images, keys, draft, prefix=''):
         self.calls.append((messages, list(images), keys))
+        self.prefixes.append(prefix)
         text = self.answers.pop(0)
         return GenerationResult(text=text, generated_tokens=len(text.split()), prompt_tokens=0,
                                 latency_s=0.5)

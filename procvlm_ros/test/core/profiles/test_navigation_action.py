@@ -171,3 +171,27 @@ def test_through_the_monitor_no_progress_no_stall_and_reset():
     monitor.offer(frame(70), 71 * 10**9)
     again = monitor.step(71 * 10**9).estimate
     assert (again.result.action, again.result.step) == ('Stop', 0)
+
+
+def test_reply_starts_with_the_authors_prefix_and_the_model_continues_it(asker, img):
+    """The backend gets 'Action: ' as the reply's start; the model's next word is the action."""
+    profile = make_profile('navigation_action')
+    ask = asker('Left', ' right', 'Action: Stop', 'forward')
+    state = profile.initial_state()
+    actions = []
+    for _ in range(4):
+        out = profile.run(ask, [img(1), img(2)], None, 'Go to the door.', state,
+                          previous_percent=None)
+        state = out.state
+        actions.append(out.result.action)
+    assert ask.prefixes == ['Action: '] * 4
+    assert actions == ['Left', 'Right', 'Stop', '']  # a repeated prefix is not doubled
+    assert out.result.raw == 'Action: forward' and not out.ok
+    assert state.step == 3
+
+
+def test_empty_prefix_lets_the_model_write_the_whole_answer(asker, img):
+    profile = make_profile('navigation_action', answer_prefix='')
+    ask = asker('Action: Move')
+    out = profile.run(ask, [img(1)], None, 'Go.', profile.initial_state(), previous_percent=None)
+    assert ask.prefixes == [''] and out.result.action == 'Move' and out.text == 'Action: Move'
