@@ -99,8 +99,8 @@ class MonitorNode(Node):
         self._sub: Any = None
         self._filter_params: tuple[str, ...] | None = None
         self._last_delivered_ns: int | None = None
-        self._create_interfaces()
         self._worker = threading.Thread(target=self._run, name='procvlm_inference', daemon=True)
+        self._create_interfaces()
         self._worker.start()
         self.get_logger().info(
             f'profile={self.profile_cfg.profile} '
@@ -121,7 +121,8 @@ class MonitorNode(Node):
         self._pub_image = self.create_publisher(Image, 'progress/image', 2)
         self._pub_marker = self.create_publisher(Marker, 'progress/marker', 10)
         self._actions = profile_io.ActionOutput(self) if self.publishes == 'action' else None
-        self._queries = (profile_io.QueryServer(self, self.monitor, self._wake.set)
+        self._queries = (profile_io.QueryServer(self, self.monitor, self._wake.set,
+                                                self._worker.is_alive)
                          if self.publishes == 'answer' else None)
         self.create_service(SetTask, '~/set_task', self._on_set_task)
         self.create_service(Trigger, '~/reset', self._on_reset)

@@ -110,11 +110,15 @@ class QueryServer:
     :param node: The monitor node (its name, namespace, context and publishers).
     :param monitor: Answers with ``Monitor.ask_latest``.
     :param wake: Called when a question is queued (wakes the inference thread).
+    :param serving: Whether the inference thread is alive to answer (a waiting query is
+        refused when it is not).
     """
 
-    def __init__(self, node: Node, monitor: Monitor, wake: Callable[[], None]) -> None:
+    def __init__(self, node: Node, monitor: Monitor, wake: Callable[[], None],
+                 serving: Callable[[], bool] = lambda: True) -> None:
         self._monitor = monitor
         self._wake = wake
+        self._serving = serving
         self._node = node
         self._pending: deque[_Query] = deque()
         self._lock = threading.Lock()
@@ -153,6 +157,9 @@ class QueryServer:
         while not query.done.wait(_POLL_S):
             if self._stopping.is_set():
                 response.success, response.message = False, 'node is shutting down'
+                return response
+            if not self._serving():
+                response.success, response.message = False, 'the inference thread has stopped'
                 return response
         return query.response
 

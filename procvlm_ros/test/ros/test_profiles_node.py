@@ -27,10 +27,24 @@ BASE = {'backend': 'scripted', 'window_size': 2, 'sample_period_s': 0.0,
 QUERY = '/procvlm_monitor/query'
 
 
-def _publisher(probe, monitor):
-    pub = probe.node.create_publisher(Image, 'image', 10)
+def _publisher(probe, monitor, topic='image'):
+    pub = probe.node.create_publisher(Image, topic, 10)
     assert probe.spin_until(lambda: pub.get_subscription_count() > 0, 20.0), monitor.log()
     return pub
+
+
+def _subscribe(probe, msg_type, topic, sink):
+    return probe.node.create_subscription(msg_type, topic, sink.append, 50)
+
+
+def _matched(probe, monitor, *subs):
+    # The node publishes once per answer: wait until its publishers reach the probe.
+    def count(sub):
+        if hasattr(sub, 'get_publisher_count'):  # Jazzy and later
+            return sub.get_publisher_count()
+        return probe.node.count_publishers(sub.topic_name)
+
+    assert probe.spin_until(lambda: all(count(s) > 0 for s in subs), 20.0), monitor.log()
 
 
 def _send(probe, pub, helpers, n, *, start_s=100.0, period_s=0.2, h=48, w=64):
@@ -59,8 +73,9 @@ def test_pairwise_critic_publishes_accumulated_progress(probe, start_monitor, he
     monitor = start_monitor(dict(BASE, profile='pairwise_critic', task='stack the cups',
                                  scripted_outputs=['20', '25', '-10']))
     got: list[Progress] = []
-    probe.node.create_subscription(Progress, 'progress', got.append, 50)
+    sub = _subscribe(probe, Progress, 'progress', got)
     pub = _publisher(probe, monitor)
+    _matched(probe, monitor, sub)
     _send(probe, pub, helpers, 5)
     assert probe.spin_until(lambda: len([m for m in got if m.status == Progress.STATUS_OK]) >= 3,
                             20.0), monitor.log()
@@ -72,15 +87,20 @@ def test_pairwise_critic_publishes_accumulated_progress(probe, start_monitor, he
 
 
 def test_navigation_publishes_actions_with_increasing_steps(probe, start_monitor, helpers):
-    answers = ['Action: Move', 'Action: Left', 'I am lost.', 'Action: Stop']
+    # R2R: the reply starts with 'Action: ' (the authors' prefix); the model continues it.
+    answers = ['Move', 'Left', 'I am lost.', 'Stop']
     monitor = start_monitor(dict(BASE, profile='navigation_action',
                                  task='walk past the sofa and stop at the door',
                                  scripted_outputs=answers))
     actions: list[NavigationAction] = []
     progress: list[Progress] = []
-    probe.node.create_subscription(NavigationAction, 'navigation/action', actions.append, 50)
-    probe.node.create_subscription(Progress, 'progress', progress.append, 50)
+    subs = (_subscribe(probe, NavigationAction, 'navigation/action', actions),
+            _subscribe(probe, Progress, 'progress', progress))
     pub = _publisher(probe, monitor)
+    _matched(probe, monitor, *subs)
+    # Status is reported on progress as for every profile (NaN value).
+    assert probe.spin_until(lambda: any(
+        m.status == Progress.STATUS_WAITING_FOR_FRAMES for m in progress), 10.0), monitor.log()
     stamps = _send(probe, pub, helpers, 6)
     assert probe.spin_until(lambda: len(actions) >= 4, 20.0), monitor.log()
     first, second, lost, stop = actions[:4]
@@ -93,15 +113,14 @@ def test_navigation_publishes_actions_with_increasing_steps(probe, start_monitor
     assert _ns(first.frame_stamps[-1]) == _ns(first.header.stamp)
     # An answer without an action is reported, and is no step: the next action takes its index.
     assert (lost.status, lost.action, lost.step) == (NavigationAction.STATUS_NO_ACTION, '', 2)
-    assert lost.raw_answer == 'I am lost.' and lost.status_message
+    assert lost.raw_answer == 'Action: I am lost.' and lost.status_message
     assert (stop.action, stop.step, stop.status) == (
         NavigationAction.STOP, 2, NavigationAction.STATUS_OK)
     # The history grows with the steps taken (window of 2: one previous frame at most).
     assert [len(a.frame_stamps) for a in actions[:4]] == [2, 2, 2, 2]
-    # No progress values for a navigation model, but status is still reported.
+    # No progress values for a navigation model.
     assert not [m for m in progress if m.status == Progress.STATUS_OK]
     assert all(math.isnan(m.value) for m in progress)
-    assert any(m.status == Progress.STATUS_LOADING for m in progress)
     assert monitor.alive()
 
 
@@ -122,13 +141,13 @@ def test_query_before_any_frame_then_answers_with_camera_points_and_markers(
                                  scripted_outputs=[ZOOM, FINAL]))
     markers: list[ImageMarker] = []
     texts: list[String] = []
-    probe.node.create_subscription(ImageMarker, '/procvlm_monitor/query/markers',
-                                   markers.append, 10)
-    probe.node.create_subscription(String, '/procvlm_monitor/query/answer', texts.append, 10)
+    subs = (_subscribe(probe, ImageMarker, '/procvlm_monitor/query/markers', markers),
+            _subscribe(probe, String, '/procvlm_monitor/query/answer', texts))
     early = probe.call(QueryFrame, QUERY, QueryFrame.Request(question='where is the mug?'))
     assert not early.success
     assert 'no camera frame' in early.message or 'loading' in early.message, early.message
     pub = _publisher(probe, monitor)
+    _matched(probe, monitor, *subs)
     stamps = _send(probe, pub, helpers, 2, h=50, w=100)
     empty = probe.call(QueryFrame, QUERY, QueryFrame.Request(question='  '))
     assert not empty.success and 'empty' in empty.message
@@ -151,21 +170,24 @@ def test_query_before_any_frame_then_answers_with_camera_points_and_markers(
 
 
 def test_query_without_zoom_turns_reports_no_answer(probe, start_monitor, helpers):
-    # grounded_zoom false: the tool call ends the query; no final answer, no markers.
+    # grounded_zoom false: the tool call ends the query; no final answer, no markers. The node
+    # is namespaced and renamed: the service and its helper node follow.
     monitor = start_monitor(dict(BASE, profile='grounded_query', task='kitchen',
-                                 grounded_zoom=False, scripted_outputs=[ZOOM, FINAL]))
+                                 grounded_zoom=False, scripted_outputs=[ZOOM, FINAL]),
+                            extra_args=['-r', '__ns:=/arm', '-r', '__node:=vlm'])
     markers: list[ImageMarker] = []
-    probe.node.create_subscription(ImageMarker, '/procvlm_monitor/query/markers',
-                                   markers.append, 10)
-    pub = _publisher(probe, monitor)
+    sub = _subscribe(probe, ImageMarker, '/arm/vlm/query/markers', markers)
+    pub = _publisher(probe, monitor, '/arm/image')
+    _matched(probe, monitor, sub)
     _send(probe, pub, helpers, 1, h=50, w=100)
-    res = probe.call(QueryFrame, QUERY, QueryFrame.Request(question='where is the mug?'),
-                     timeout_s=30.0)
+    res = probe.call(QueryFrame, '/arm/vlm/query',
+                     QueryFrame.Request(question='where is the mug?'), timeout_s=30.0)
     assert not res.success and not res.zoomed and res.answer == ''
     assert list(res.raw_answers) == [ZOOM] and 'answer' in res.message, res.message
     assert _xy(res.points) == [(50.0, 25.0)]  # the reasoning's point still comes back
     probe.spin_for(0.5)
     assert not markers
+    assert ('vlm_query', '/arm') in probe.node.get_node_names_and_namespaces()
     assert monitor.alive()
 
 
