@@ -11,6 +11,7 @@ from PIL import Image
 
 from procvlm_ros.core.backends.base import GenerationResult
 
+
 class Ask(Protocol):
     """
     One model call: messages, images in message order, frame keys or None, draft ids or
