@@ -185,10 +185,11 @@ class QueryServer:
                 query = self._pending.popleft()
             try:
                 query.response = self._answer(query, now_ns())
+            except Exception as e:  # noqa: BLE001 - one bad query must not stop the thread
+                message = f'internal error: {type(e).__name__}: {e}'
+                self._node.get_logger().error(f'query {query.question!r}: {message}')
+                query.response = QueryFrame.Response(success=False, message=message)
             finally:
-                if query.response is None:
-                    query.response = QueryFrame.Response(success=False,
-                                                         message='internal error')
                 query.done.set()
 
     def _answer(self, query: _Query, now_ns: int) -> QueryFrame.Response:

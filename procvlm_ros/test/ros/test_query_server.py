@@ -22,6 +22,7 @@ from procvlm_ros.core.types import Frame
 from procvlm_ros.ros.profile_io import QueryServer
 
 STAMP = 42 * 10**9 + 5
+QUERY = '/procvlm_monitor/query'
 
 
 class FakeMonitor:
@@ -37,11 +38,14 @@ class FakeMonitor:
 
     def ask_latest(self, question, now_ns):
         self.asked.append((question, threading.current_thread().name))
+        if question == 'crash':
+            raise RuntimeError('model bug')
         time.sleep(self.delay_s)
         answer = GroundedAnswer(answer='left of the cup',
                                 points=(GroundedPoint(3.0, 4.5, 'cup'),), raw=('raw',))
         interpretation = SimpleNamespace(ok=True, result=answer, notes=(), text='raw',
-                                         latency_s=self.delay_s, last=None)
+                                         latency_s=self.delay_s,
+                                         last=SimpleNamespace(latency_s=0.0))
         return SimpleNamespace(answer=interpretation, frame=self.frame, episode=0,
                                question=question, frame_age_s=0.0)
 
@@ -91,14 +95,14 @@ def test_refusals_answer_and_markers_without_blocking_the_node(probe):
                                    markers.append, 10)
     try:
         monitor.backend_state = BackendState.LOADING
-        res = probe.call(QueryFrame, '/procvlm_monitor/query', QueryFrame.Request(question='q'))
+        res = probe.call(QueryFrame, QUERY, QueryFrame.Request(question='q'))
         assert not res.success and 'loading' in res.message
         monitor.backend_state = BackendState.READY
-        res = probe.call(QueryFrame, '/procvlm_monitor/query', QueryFrame.Request(question='q'))
+        res = probe.call(QueryFrame, QUERY, QueryFrame.Request(question='q'))
         assert not res.success and res.message == 'no camera frame received yet'
         monitor.frame = Frame(image=None, stamp_ns=STAMP, frame_id='cam')
         ticks = rig.ticks
-        res = probe.call(QueryFrame, '/procvlm_monitor/query',
+        res = probe.call(QueryFrame, QUERY,
                          QueryFrame.Request(question=' where? '))
         assert res.success, res.message
         assert rig.ticks - ticks >= 10  # the node's executor ran during the 1 s inference
@@ -119,7 +123,7 @@ def test_a_waiting_query_is_refused_when_the_server_stops(probe):
     rig = Rig(probe, monitor)
     rig.stop.set()  # no inference thread: the query waits
     rig.threads[1].join(5.0)
-    client = probe.node.create_client(QueryFrame, '/procvlm_monitor/query')
+    client = probe.node.create_client(QueryFrame, QUERY)
     assert client.wait_for_service(timeout_sec=10.0)
     future = client.call_async(QueryFrame.Request(question='q'))
     probe.spin_for(0.5)
@@ -130,3 +134,16 @@ def test_a_waiting_query_is_refused_when_the_server_stops(probe):
     rig.threads[0].join(5.0)
     rig.executor.shutdown()
     rig.node.destroy_node()
+
+
+def test_an_unexpected_failure_answers_and_the_next_query_still_works(probe):
+    monitor = FakeMonitor()
+    monitor.frame = Frame(image=None, stamp_ns=STAMP, frame_id='cam')
+    rig = Rig(probe, monitor)
+    try:
+        bad = probe.call(QueryFrame, QUERY, QueryFrame.Request(question='crash'))
+        assert not bad.success and bad.message == 'internal error: RuntimeError: model bug'
+        good = probe.call(QueryFrame, QUERY, QueryFrame.Request(question='ok'))
+        assert good.success and rig.threads[1].is_alive()
+    finally:
+        rig.close()
