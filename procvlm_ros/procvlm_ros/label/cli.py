@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
 def finish(store: LabelStore, specs: list[Any], stats: dict[str, Any],
            args: argparse.Namespace) -> int:
     """Summary, sidecar and (LeRobot) the added-feature dataset; the exit status."""
-    from procvlm_ros.label.writers import write_frame_signals
+    from procvlm_ros.label.writers import write_frame_signals, write_rabc_progress
 
     results = store.results()
     labelled = {r['episode_id'] for r in results}
@@ -194,6 +194,8 @@ def finish(store: LabelStore, specs: list[Any], stats: dict[str, Any],
         sidecar = write_frame_signals(results, store.root / 'frame_signals' / 'progress.parquet',
                                       provenance)
         summary['frame_signals'] = str(sidecar)
+        summary['rabc_progress'] = str(write_rabc_progress(
+            sidecar, store.root / 'frame_signals' / 'rabc_progress.parquet'))
         if getattr(args, 'write_dataset', None):
             from procvlm_ros.label.lerobot_source import write_dataset_with_features
 

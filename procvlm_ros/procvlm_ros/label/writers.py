@@ -122,6 +122,27 @@ def write_frame_signals(results: Sequence[dict[str, Any]], output: Path,
     return output
 
 
+RABC_COLUMN = 'progress_dense'
+
+
+def write_rabc_progress(sidecar: Path, output: Path) -> Path:
+    """
+    The sidecar's progress as the file LeRobot's RA-BC weighting reads.
+
+    ``lerobot.utils.rabc.RABCWeights`` (reward-aligned behaviour cloning; lerobot 0.4.4) takes a
+    parquet with ``index``, ``episode_index`` and ``progress_sparse``/``progress_dense`` per frame
+    (its SARM tool's two heads). ProcVLM progress is dense per frame, so it is written as
+    ``progress_dense``: train with ``head_mode='dense'``.
+    """
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(sidecar, columns=['index', 'episode_index', 'frame_index', 'progress'])
+    table = table.rename_columns(['index', 'episode_index', 'frame_index', RABC_COLUMN])
+    with atomic_path(output) as tmp:
+        pq.write_table(table.replace_schema_metadata(None), tmp, compression='snappy')
+    return output
+
+
 def read_frame_signals(path: Path) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """The table, its descriptors and provenance; raises ValueError on another format."""
     import pyarrow.parquet as pq

@@ -282,6 +282,21 @@ def test_with_lerobot_api(episodes, tmp_path):
         assert table[name].to_pylist() == [int(v) for v in rows[name]], name
     np.testing.assert_allclose(np.asarray(table['progress']), progress, atol=1e-6)
 
+    # LeRobot's RA-BC weighting reads the progress as it reads its SARM tool's output.
+    rabc = _import_lerobot('lerobot.utils.rabc').RABCWeights(
+        out / 'frame_signals' / 'rabc_progress.parquet', chunk_size=4, head_mode='dense',
+        device=torch.device('cpu'))
+    assert len(rabc.progress_lookup) == total
+    index = np.asarray(table['index'])
+    ends = {int(e): int(index[np.asarray(table['episode_index']) == e].max())
+            for e in set(table['episode_index'].to_pylist())}
+    for i in (0, 3, total - 1):
+        future = min(int(index[i]) + 4, ends[int(table['episode_index'][i].as_py())])
+        assert rabc._compute_delta(int(index[i])) == pytest.approx(
+            progress[future] - progress[i], abs=1e-6)
+    weights, _ = rabc.compute_batch_weights({'index': torch.as_tensor(index[:8])})
+    assert weights.shape == (8,) and bool(torch.isfinite(weights).all())
+
     added = lerobot_dataset.LeRobotDataset('local/synth_progress', root=added_root)
     for name in ('progress', 'reward'):
         assert added.meta.features[name] == {'dtype': 'float32', 'shape': (1,), 'names': None}
