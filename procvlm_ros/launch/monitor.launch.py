@@ -13,7 +13,8 @@ from launch import LaunchContext, LaunchDescription
 def _monitor(context: LaunchContext) -> list:
     image_topic = LaunchConfiguration('image_topic').perform(context)
     # Only non-empty launch arguments override the params file.
-    overrides = {name: LaunchConfiguration(name).perform(context) for name in ('model', 'task')}
+    overrides = {name: LaunchConfiguration(name).perform(context)
+                 for name in ('model', 'task', 'profile')}
     overrides = {name: value for name, value in overrides.items() if value}
     parameters = [LaunchConfiguration('params_file').perform(context)]
     if overrides:
@@ -35,6 +36,9 @@ def generate_launch_description() -> LaunchDescription:
                               description='checkpoint directory or hub id (overrides the file)'),
         DeclareLaunchArgument('task', default_value='',
                               description='task sentence (overrides the file)'),
+        DeclareLaunchArgument('profile', default_value='',
+                              description='task profile: procvlm_progress, pairwise_critic, '
+                              'navigation_action or grounded_query (overrides the file)'),
         DeclareLaunchArgument('image_topic', default_value='image',
                               description='camera topic remapped onto the node input `image`'),
         DeclareLaunchArgument('namespace', default_value='',

@@ -75,6 +75,6 @@ def test_launch_file_declares_documented_arguments():
     declared = {node.args[0].value for node in ast.walk(tree)
                 if isinstance(node, ast.Call) and getattr(node.func, 'id', '') ==
                 'DeclareLaunchArgument'}
-    assert declared == {'params_file', 'model', 'task', 'image_topic', 'namespace'}
+    assert declared == {'params_file', 'model', 'task', 'profile', 'image_topic', 'namespace'}
     assert "executable='monitor_node'" in (REPO / 'procvlm_ros/launch/monitor.launch.py'
                                             ).read_text()
