@@ -3,7 +3,7 @@
 
 Compared, each as max abs error and relative error (max abs error / max |reference|):
 
-- ``vision.image_embeds`` and ``vision.deepstack_k`` against HF's vision tower;
+- ``vision.image_embeds`` (and, for Qwen3-VL, ``vision.deepstack_k``) against HF's vision tower;
 - ``decoder.prefill_logits`` (last position) and ``decoder.present_key_i/value_i`` (the new K/V
   rows) against HF ``model(**inputs)`` and its ``DynamicCache``;
 - ``decoder.decode_logits``: one decode step fed with the cache, against HF with its cache;
@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from procvlm_ros.core.backends import qwen3vl_inputs as qin
+from procvlm_ros.core.backends.family_inputs import family_inputs
 from procvlm_ros.core.backends.manifest import ExportManifest
 from procvlm_ros.core.errors import BackendUnavailableError
 from procvlm_ros.export.errors import ExportError, ValidationError
@@ -157,33 +158,38 @@ def _tensor_checks(manifest: ExportManifest, ref: Any, inputs: dict[str, Any],
     with torch.no_grad():
         hf_vision = ref.model.model.visual(inputs['pixel_values'], grid_thw=grid)
         hf_out = ref.model(**inputs, use_cache=True)
-    idx, weights, rope = qin.vision_geometry(gh, gw, md['num_grid_per_side'],
-                                             md['spatial_merge_size'])
+    family = family_inputs(manifest.family, md)
     pixels = _np(inputs['pixel_values']).reshape(frames, patches, -1).astype(s.float)
-    embeds, deep = s.vision.run(None, {'pixel_values': pixels, 'interp_indices': idx,
-                                       'interp_weights': weights, 'rope_pos': rope})
+    vision_out = s.vision.run(None, {'pixel_values': pixels, **family.vision_arrays(gh, gw)})
+    embeds = vision_out[0]
     errors = [compare('vision.image_embeds', _np(hf_vision.pooler_output),
                       embeds.reshape(frames * tokens, -1), rtol)]
-    errors += [compare(f'vision.deepstack_{k}', _np(feat), deep[k].reshape(frames * tokens, -1),
-                       rtol) for k, feat in enumerate(hf_vision.deepstack_features)]
     ids = _np(inputs['input_ids'])[0].astype(np.int64)
     bank = np.concatenate([np.zeros((1, embeds.shape[-1]), embeds.dtype),
                            embeds.reshape(frames * tokens, -1)])
-    ds_bank = np.concatenate([np.zeros((deep.shape[0], 1, deep.shape[-1]), deep.dtype),
-                              deep.reshape(deep.shape[0], frames * tokens, -1)], axis=1)
+    ds_bank = None
+    if md['num_deepstack']:  # Qwen3-VL: deepstack features from the vision graph's 2nd output
+        deep = vision_out[1]
+        errors += [compare(f'vision.deepstack_{k}', _np(feat),
+                           deep[k].reshape(frames * tokens, -1), rtol)
+                   for k, feat in enumerate(hf_vision.deepstack_features)]
+        ds_bank = np.concatenate([np.zeros((deep.shape[0], 1, deep.shape[-1]), deep.dtype),
+                                  deep.reshape(deep.shape[0], frames * tokens, -1)], axis=1)
     image_id = int(manifest.tokens['image_token_id'])
     vis = qin.visual_index(ids, image_id, [1 + f * tokens for f in range(frames)],
                            [tokens] * frames)
-    positions, delta = qin.rope_index(ids, image_id, [(1, gh, gw)] * frames,
-                                      md['spatial_merge_size'])
+    positions, delta = family.rope_index(ids, image_id, [(1, gh, gw)] * frames,
+                                         md['spatial_merge_size'])
     slots = ids.size + 8
     cache = np.zeros((md['num_layers'], 2, 1, md['num_kv_heads'], slots, md['head_dim']),
                      s.float)
 
     def run(tok_ids: Any, vindex: Any, pos: Any, past: int, heads: int = 1) -> list[Any]:
         feed = {'input_ids': tok_ids[None], 'visual_index': vindex[None],
-                'image_embeds': bank, 'deepstack': ds_bank, 'position_ids': pos[:, None],
+                'image_embeds': bank, 'position_ids': pos[:, None],
                 'past_length': np.array([past], np.int64)}
+        if ds_bank is not None:
+            feed['deepstack'] = ds_bank
         if manifest.verifies_drafts:  # format 2: logits of the last ``heads`` positions
             feed['logit_index'] = np.arange(tok_ids.size - heads, tok_ids.size, dtype=np.int64)
         for i in range(md['num_layers']):

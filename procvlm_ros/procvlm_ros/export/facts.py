@@ -57,23 +57,34 @@ def compute_limits(opts: Any, image_processor: Any) -> dict[str, Any]:
 
 
 def model_facts(config: Any) -> dict[str, Any]:
-    """Sizes the runtimes need, from the loaded ``Qwen3VLConfig``."""
+    """
+    Family and sizes the runtimes need, from the loaded config (``Qwen3VLConfig`` or
+    ``Qwen2_5_VLConfig``).
+    """
+    from procvlm_ros.core.backends.families import family_for_config
+    family = family_for_config({'model_type': config.model_type})
     text, vision = config.text_config, config.vision_config
-    return {
-        'architecture': 'Qwen3VLForConditionalGeneration',
+    facts = {
+        'family': family.name, 'architecture': family.model_class,
         'num_layers': text.num_hidden_layers, 'num_attention_heads': text.num_attention_heads,
         'num_kv_heads': text.num_key_value_heads,
         'head_dim': getattr(text, 'head_dim', None) or text.hidden_size
         // text.num_attention_heads,
         'hidden_size': text.hidden_size, 'vocab_size': text.vocab_size,
-        'num_deepstack': len(vision.deepstack_visual_indexes),
+        'num_deepstack': len(getattr(vision, 'deepstack_visual_indexes', None) or ()),
         'vision_hidden_size': vision.hidden_size, 'vision_depth': vision.depth,
         'patch_size': vision.patch_size, 'temporal_patch_size': vision.temporal_patch_size,
         'spatial_merge_size': vision.spatial_merge_size,
         'patch_dim': vision.in_channels * vision.temporal_patch_size * vision.patch_size ** 2,
-        'num_grid_per_side': int(round(vision.num_position_embeddings ** 0.5)),
         'tie_word_embeddings': bool(getattr(config, 'tie_word_embeddings', False)),
     }
+    if family.name == 'qwen2_5_vl':  # window attention; Qwen2 attention: head_dim = H / heads
+        facts.update(head_dim=text.hidden_size // text.num_attention_heads,
+                     window_size=int(vision.window_size),
+                     fullatt_block_indexes=[int(i) for i in vision.fullatt_block_indexes])
+    else:
+        facts['num_grid_per_side'] = int(round(vision.num_position_embeddings ** 0.5))
+    return facts
 
 
 def token_facts(config: Any, generation: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
@@ -108,10 +119,10 @@ def versions() -> dict[str, str]:
     return found
 
 
-def source_facts(model: str, path: Path) -> dict[str, Any]:
-    """Checkpoint identity: argument, resolved path, config and weight hashes."""
+def source_facts(model: str, path: Path, model_type: str = 'qwen3_vl') -> dict[str, Any]:
+    """Checkpoint identity: argument, resolved path, model type, config and weight hashes."""
     weights = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
-    return {'model': model, 'path': str(path.resolve()), 'model_type': 'qwen3_vl',
+    return {'model': model, 'path': str(path.resolve()), 'model_type': model_type,
             'config_sha256': sha256_file(path / 'config.json'),
             'weights_sha256': {p.name: sha256_file(p) for p in weights}}
 

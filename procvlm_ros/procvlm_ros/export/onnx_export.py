@@ -1,5 +1,6 @@
 """
-``procvlm-export onnx``: a Qwen3-VL checkpoint -> vision + decoder ONNX graphs + manifest.
+``procvlm-export onnx``: a Qwen3-VL or Qwen2.5-VL checkpoint -> vision + decoder ONNX graphs +
+manifest.
 
 The folder written is all a robot needs: ``vision.onnx`` and ``decoder.onnx`` (weights in
 ``.onnx.data`` files), ``manifest.json``, and the tokenizer, processor, chat-template and
@@ -8,6 +9,12 @@ place at the end, so a failed export never leaves a half-written folder at ``--o
 
 Graphs (``wrappers.py``): torch.onnx dynamo exporter, opset 18, only ``ai.onnx`` ops, named
 dynamic axes ``frames``/``patches`` (vision) and ``seq``/``bank_rows``/``cache_slots`` (decoder).
+
+The family comes from the checkpoint's ``config.json`` (:mod:`families`) and is written to the
+manifest as ``model.family``. The families' graphs differ only in the vision inputs the host
+computes (:mod:`family_inputs`) and in deepstack (Qwen3-VL's vision graph returns it and its
+decoder adds it; Qwen2.5-VL has none). Families that do not fit this pattern (InternVL) are
+refused with the family's reason before any weights are read.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from typing import Any
 import uuid
 import warnings
 
-from procvlm_ros.core.backends import greedy
+from procvlm_ros.core.backends import families, greedy
+from procvlm_ros.core.backends.family_inputs import VISION_INPUTS
 from procvlm_ros.core.backends.manifest import (
     EXPORT_ID_KEY,
     ExportManifest,
@@ -50,8 +58,7 @@ OPSET = 18
 DEFAULT_IMAGE_SIZE = (640, 480)
 PREFILL_CHUNK = 512
 MAX_VERIFY_TOKENS = 64  # last token + up to 63 draft tokens per verify pass
-VISION_IO = (['pixel_values', 'interp_indices', 'interp_weights', 'rope_pos'],
-             ['image_embeds', 'deepstack'])
+VISION_OUTPUTS = {'qwen3_vl': ['image_embeds', 'deepstack'], 'qwen2_5_vl': ['image_embeds']}
 DECODER_OUT = ['logits', 'next_token', 'new_kv']
 _ONNX_DTYPES = {1: 'float32', 10: 'float16', 7: 'int64', 6: 'int32', 9: 'bool'}
 
@@ -112,17 +119,53 @@ def parse_image_size(text: str) -> tuple[int, int]:
 # ---------------------------------------------------------------- checkpoint
 
 
-def open_checkpoint(model: str) -> tuple[Path, dict[str, Any]]:
-    """Resolve and check the checkpoint (Qwen3-VL only); ExportError names the problem."""
-    from procvlm_ros.core.backends.transformers_backend import (
-        read_model_config,
-        resolve_checkpoint,
-    )
+def vision_io(family: str) -> tuple[list[str], list[str]]:
+    """Input and output names of a family's vision graph."""
+    return (['pixel_values', *(v.name for v in VISION_INPUTS[family])],
+            list(VISION_OUTPUTS[family]))
+
+
+def exportable_family(config: dict[str, Any], where: str) -> families.ModelFamily:
+    """
+    The checkpoint's family if ``procvlm-export onnx`` supports it.
+
+    :raises ExportError: For an unknown ``model_type`` (naming the exportable ones) or a family
+        that cannot be exported (with the family's reason).
+    """
+    exportable = ', '.join(repr(t) for f in families.FAMILIES if f.exportable
+                           for t in f.model_types)
+    try:
+        family = families.family_for_config(config, where)
+    except BackendUnavailableError as e:
+        raise ExportError(f'{where} holds a model of type {config.get("model_type")!r}; '
+                          f'procvlm-export onnx exports {exportable}') from e
+    if not family.exportable:
+        raise ExportError(f'{where} is a {family.name} checkpoint, which procvlm-export onnx '
+                          f'cannot export: {family.export_note} (it exports {exportable})')
+    return family
+
+
+def open_checkpoint(model: str) -> tuple[Path, dict[str, Any], families.ModelFamily]:
+    """
+    Resolve the checkpoint and read its family from ``config.json`` (no weights are read).
+
+    :raises ExportError: Naming the problem: missing folder or config, or a family the exporter
+        does not support.
+    """
+    from procvlm_ros.core.backends.transformers_backend import resolve_checkpoint
     try:
         path = resolve_checkpoint(model)
-        return path, read_model_config(path)
     except BackendUnavailableError as e:
         raise ExportError(f'cannot export {model!r}: {e}') from e
+    cfg_path = path / 'config.json'
+    try:
+        config = json.loads(cfg_path.read_text(encoding='utf-8'))
+    except (OSError, ValueError) as e:
+        raise ExportError(f'cannot export {model!r}: {path} is not a transformers checkpoint '
+                          f'(config.json missing or unreadable: {e})') from e
+    if not isinstance(config, dict):
+        raise ExportError(f'cannot export {model!r}: {cfg_path} does not hold a JSON object')
+    return path, config, exportable_family(config, str(path))
 
 
 # ---------------------------------------------------------------- export
@@ -146,7 +189,10 @@ def _quiet() -> Iterator[None]:
 
 
 def export_vision(model: Any, path: Path, grid: tuple[int, int], dtype: Any) -> None:
-    """Export ``VisionForExport`` with dynamic ``frames`` and ``patches``."""
+    """Export the family's vision wrapper with dynamic ``frames`` and ``patches``."""
+    if model.config.model_type == 'qwen2_5_vl':
+        _export_vision_qwen25(model, path, grid, dtype)
+        return
     import torch
     from torch.export import Dim
 
@@ -166,14 +212,44 @@ def export_vision(model: Any, path: Path, grid: tuple[int, int], dtype: Any) -> 
               'interp_weights': {0: patches_dim}, 'rope_pos': {0: patches_dim}}
     with _quiet(), torch.no_grad():
         torch.onnx.export(wrapper, args, str(path), dynamo=True, opset_version=OPSET,
-                          input_names=VISION_IO[0], output_names=VISION_IO[1],
-                          dynamic_shapes=shapes, optimize=True, external_data=True,
-                          verbose=False)
+                          input_names=vision_io('qwen3_vl')[0],
+                          output_names=vision_io('qwen3_vl')[1], dynamic_shapes=shapes,
+                          optimize=True, external_data=True, verbose=False)
 
 
-def decoder_input_names(layers: int, format_version: int = FORMAT_VERSION) -> list[str]:
-    names = ['input_ids', 'visual_index', 'image_embeds', 'deepstack', 'position_ids',
-             'past_length'] + (['logit_index'] if format_version >= 2 else [])
+def _export_vision_qwen25(model: Any, path: Path, grid: tuple[int, int], dtype: Any) -> None:
+    """Qwen2.5-VL: window layout and rotary positions of the grid are inputs (host-computed)."""
+    import torch
+    from torch.export import Dim
+
+    from procvlm_ros.core.backends import qwen25vl_inputs as q25
+    from procvlm_ros.export.wrappers import qwen25_wrapper_classes
+    vision_cls, _ = qwen25_wrapper_classes()
+    wrapper = vision_cls(model.model.visual).eval()
+    cfg = model.config.vision_config
+    gh, gw = grid
+    patches = gh * gw
+    frames = 3 if patches // 4 == 2 else 2  # distinct example sizes keep the dims apart
+    geometry = q25.vision_geometry(gh, gw, int(cfg.spatial_merge_size), int(cfg.window_size),
+                                   int(cfg.patch_size))
+    args = (torch.randn(frames, patches, model_facts(model.config)['patch_dim'], dtype=dtype),
+            *(torch.from_numpy(g) for g in geometry))
+    frames_dim, tokens_dim = Dim('frames', min=1, max=4096), Dim('tokens', min=1, max=1 << 16)
+    patches_dim = 4 * tokens_dim
+    shapes = {'pixel_values': {0: frames_dim, 1: patches_dim}, 'rope_pos': {0: patches_dim},
+              'window_index': {0: tokens_dim}, 'reverse_index': {0: tokens_dim},
+              'window_ids': {0: patches_dim}}
+    names = vision_io('qwen2_5_vl')
+    with _quiet(), torch.no_grad():
+        torch.onnx.export(wrapper, args, str(path), dynamo=True, opset_version=OPSET,
+                          input_names=names[0], output_names=names[1], dynamic_shapes=shapes,
+                          optimize=True, external_data=True, verbose=False)
+
+
+def decoder_input_names(layers: int, format_version: int = FORMAT_VERSION,
+                        deepstack: bool = True) -> list[str]:
+    names = (['input_ids', 'visual_index', 'image_embeds'] + (['deepstack'] if deepstack else [])
+             + ['position_ids', 'past_length'] + (['logit_index'] if format_version >= 2 else []))
     return names + [f'past_{kind}_{i}' for i in range(layers) for kind in ('key', 'value')]
 
 
@@ -186,22 +262,31 @@ def export_decoder(model: Any, path: Path, dtype: Any,
     import torch
     from torch.export import Dim
 
-    from procvlm_ros.export.wrappers import wrapper_classes
+    from procvlm_ros.export.wrappers import qwen25_wrapper_classes, wrapper_classes
     _, decoder_cls, decoder_v1_cls = wrapper_classes()
-    wrapper = (decoder_cls if format_version >= 2 else decoder_v1_cls)(model).eval()
+    deepstack = model.config.model_type != 'qwen2_5_vl'
+    if deepstack:
+        wrapper = (decoder_cls if format_version >= 2 else decoder_v1_cls)(model).eval()
+    elif format_version >= 2:
+        wrapper = qwen25_wrapper_classes()[1](model).eval()
+    else:  # format 1 exists only to test that old Qwen3-VL folders still load
+        raise ExportError('format_version 1 is a Qwen3-VL compatibility format; export '
+                          f'{model.config.model_type} with format {FORMAT_VERSION}')
     layers, hidden = len(wrapper.layers), model.config.text_config.hidden_size
     seq, rows, slots, heads = 5, 11, 13, 3
     cache = tuple(torch.zeros(1, wrapper.num_kv, slots, wrapper.head_dim, dtype=dtype)
                   for _ in range(2 * layers))
-    args: tuple[Any, ...] = (
-        torch.randint(0, 1000, (1, seq)), torch.zeros(1, seq, dtype=torch.long),
-        torch.randn(rows, hidden, dtype=dtype),
-        torch.randn(wrapper.num_deepstack, rows, hidden, dtype=dtype),
-        torch.randint(0, 20, (3, 1, seq)), torch.tensor([3]))
     seq_dim, rows_dim = Dim('seq', min=1, max=1 << 20), Dim('bank_rows', min=1, max=1 << 24)
     slots_dim = Dim('cache_slots', min=1, max=1 << 20)
-    shapes: tuple[Any, ...] = ({1: seq_dim}, {1: seq_dim}, {0: rows_dim}, {1: rows_dim},
-                               {2: seq_dim}, None)
+    args: tuple[Any, ...] = (torch.randint(0, 1000, (1, seq)),
+                             torch.zeros(1, seq, dtype=torch.long),
+                             torch.randn(rows, hidden, dtype=dtype))
+    shapes: tuple[Any, ...] = ({1: seq_dim}, {1: seq_dim}, {0: rows_dim})
+    if deepstack:
+        args += (torch.randn(wrapper.num_deepstack, rows, hidden, dtype=dtype),)
+        shapes += ({1: rows_dim},)
+    args += (torch.randint(0, 20, (3, 1, seq)), torch.tensor([3]))
+    shapes += ({2: seq_dim}, None)
     if format_version >= 2:
         args += (torch.arange(seq - heads, seq),)
         shapes += ({0: Dim('heads', min=1, max=1 << 20)},)
@@ -209,7 +294,7 @@ def export_decoder(model: Any, path: Path, dtype: Any,
     shapes += (tuple({2: slots_dim} for _ in range(2 * layers)),)
     with _quiet(), torch.no_grad():
         torch.onnx.export(wrapper, args, str(path), dynamo=True, opset_version=OPSET,
-                          input_names=decoder_input_names(layers, format_version),
+                          input_names=decoder_input_names(layers, format_version, deepstack),
                           output_names=DECODER_OUT, dynamic_shapes=shapes, optimize=True,
                           external_data=True, verbose=False)
 
@@ -258,7 +343,8 @@ def export_onnx(opts: OnnxExportOptions, show_progress: bool = True) -> ExportMa
     """
     Export a checkpoint; return the manifest of the finished folder.
 
-    :raises ExportError: If the checkpoint is not Qwen3-VL, cannot be loaded or exported.
+    :raises ExportError: If the checkpoint's family cannot be exported (checked before any
+        weights are read), or the checkpoint cannot be loaded or exported.
     """
     from tqdm import tqdm
 
@@ -270,7 +356,10 @@ def export_onnx(opts: OnnxExportOptions, show_progress: bool = True) -> ExportMa
         _LOG.info('%s', text)
 
     step('checking checkpoint')
-    path, _ = open_checkpoint(opts.model)
+    path, _, family = open_checkpoint(opts.model)
+    if opts.format_version < 2 and family.name != families.DEFAULT_FAMILY:
+        raise ExportError(f'format_version {opts.format_version} is a Qwen3-VL compatibility '
+                          f'format; export {family.name} with format {FORMAT_VERSION}')
     try:
         processor, route = load_processor(path)
     except BackendUnavailableError as e:
@@ -286,6 +375,10 @@ def export_onnx(opts: OnnxExportOptions, show_progress: bool = True) -> ExportMa
         model = load_model(path, 'cpu', dtype, 'eager')
     except BackendUnavailableError as e:
         raise ExportError(str(e)) from e
+    if getattr(model.config.text_config, 'use_sliding_window', False):
+        raise ExportError(f'{path} uses sliding-window attention in its language model '
+                          '(use_sliding_window); the exported decoder attends over the whole '
+                          'cache, so it would not match. Serve it with the transformers backend')
     steps.update()
     out = Path(opts.out).expanduser().resolve()
     tmp = out.with_name(f'.{out.name}.partial-{os.getpid()}')
@@ -303,7 +396,8 @@ def export_onnx(opts: OnnxExportOptions, show_progress: bool = True) -> ExportMa
             'format': FORMAT, 'format_version': opts.format_version, 'export_id': export_id,
             'dtype': opts.dtype, 'opset': OPSET,
             'exporter': {'tool': 'torch.onnx.export(dynamo=True)', **versions()},
-            'source': source_facts(opts.model, path), 'limits': limits,
+            'source': source_facts(opts.model, path, str(model.config.model_type)),
+            'limits': limits,
             'model': model_facts(model.config),
             'tokens': token_facts(model.config, generation, processor.tokenizer),
             'generation': {k: generation[k] for k in greedy.GENERATION_FIELDS
@@ -339,10 +433,11 @@ def _export_graphs(model: Any, tmp: Path, limits: dict[str, Any], dtype: Any, ex
         raise ExportError(f'decoder graph export failed: {type(e).__name__}: '
                           f'{str(e)[:500]}') from e
     steps.update()
+    vision_axes = {'image_embeds': {0: 'frames', 1: 'tokens'}}
+    if model_facts(model.config)['num_deepstack']:
+        vision_axes['deepstack'] = {1: 'frames', 2: 'tokens'}
     return {
-        'vision': finish_graph(tmp / 'vision.onnx', export_id,
-                               {'image_embeds': {0: 'frames', 1: 'tokens'},
-                                'deepstack': {1: 'frames', 2: 'tokens'}}),
+        'vision': finish_graph(tmp / 'vision.onnx', export_id, vision_axes),
         'decoder': finish_graph(tmp / 'decoder.onnx', export_id, {
             'new_kv': {4: 'seq'},
             **({'logits': {0: 'heads'}, 'next_token': {0: 'heads'}} if format_version >= 2

@@ -1,5 +1,6 @@
 """
-Test/demo fixture: a tiny random Qwen3-VL checkpoint and its ONNX export, built once per folder.
+Test/demo fixture: a tiny random checkpoint (Qwen3-VL, or another exportable family) and its
+ONNX export, built once per folder.
 
 Several test modules need the same export; building it takes ~20 s on two CPU cores, so it is
 reused when its manifest is already there (tests pass a per-session temporary folder).
@@ -12,31 +13,35 @@ from pathlib import Path
 TINY_IMAGE_SIZE = (64, 48)
 
 
-def tiny_checkpoint(base: str | Path, seed: int = 7) -> Path:
-    """Build (once) the tiny checkpoint ``<base>/tiny-<seed>``."""
+def tiny_checkpoint(base: str | Path, seed: int = 7, family: str = 'qwen3_vl') -> Path:
+    """Build (once) the tiny checkpoint ``<base>/tiny-<seed>`` (``tiny-<family>-<seed>``)."""
     from procvlm_ros.testing.tiny_model import build_tiny_checkpoint
-    path = Path(base) / f'tiny-{seed}'
+    name = f'tiny-{seed}' if family == 'qwen3_vl' else f'tiny-{family}-{seed}'
+    path = Path(base) / name
     if not (path / 'model.safetensors').is_file():
-        build_tiny_checkpoint(path, seed=seed)
+        build_tiny_checkpoint(path, seed=seed, family=family)
     return path
 
 
 def tiny_export(base: str | Path, *, seed: int = 7, dtype: str = 'fp32',
                 image_size: tuple[int, int] = TINY_IMAGE_SIZE,
-                max_frames: int = 8, format_version: int | None = None) -> tuple[Path, Path]:
+                max_frames: int = 8, format_version: int | None = None,
+                family: str = 'qwen3_vl') -> tuple[Path, Path]:
     """
     Build (once) the tiny checkpoint and its export; return ``(checkpoint, export folder)``.
 
     :param base: Folder shared by the callers (e.g. pytest's session base temp).
     :param format_version: Export format (default: the current one).
+    :param family: Model family of the tiny checkpoint (``qwen3_vl`` or ``qwen2_5_vl``).
     """
     from procvlm_ros.core.backends.manifest import FORMAT_VERSION
     from procvlm_ros.export.onnx_export import export_onnx, OnnxExportOptions
-    checkpoint = tiny_checkpoint(base, seed)
+    checkpoint = tiny_checkpoint(base, seed, family)
     width, height = image_size
     version = format_version or FORMAT_VERSION
     suffix = '' if version == FORMAT_VERSION else f'-v{version}'
-    out = Path(base) / f'export-{seed}-{dtype}-{width}x{height}-f{max_frames}{suffix}'
+    prefix = 'export' if family == 'qwen3_vl' else f'export-{family}'
+    out = Path(base) / f'{prefix}-{seed}-{dtype}-{width}x{height}-f{max_frames}{suffix}'
     if not (out / 'manifest.json').is_file():
         export_onnx(OnnxExportOptions(model=str(checkpoint), out=out, dtype=dtype,
                                       max_frames=max_frames, image_size=image_size,

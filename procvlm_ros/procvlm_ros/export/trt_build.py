@@ -12,7 +12,9 @@ cache keys and stale-engine detection, the LM-head split) are tested on CPU. See
 - Precision comes from the ONNX types (strongly typed network): ``fp16`` needs an
   ``--dtype fp16`` export; ``int8`` needs explicit Q/DQ nodes (e.g. from NVIDIA ModelOpt),
   which ``procvlm-export onnx`` does not produce, so it is refused with that reason.
-- Profiles come from the manifest: vision ``frames`` 1..max_frames at the export's patch count;
+- Profiles come from the manifest: vision ``frames`` 1..max_frames at the export's patch count,
+  with the grid-dependent inputs of the export's model family (:mod:`family_inputs`: Qwen3-VL
+  position-table taps, Qwen2.5-VL window layout) and ``deepstack`` only where the family has it;
   decoder profile 0 = prefill (``seq`` 1..prefill_chunk, logits of one position), profile 1 =
   decode (``seq`` 1), and for format-2 exports profile 2 = draft verification (``seq`` and
   ``logit_index`` 2..max_verify_tokens, tuned at 17), all with ``cache_slots`` 1..max_context
@@ -32,6 +34,7 @@ import shutil
 from typing import Any
 
 from procvlm_ros.core.backends import trt_engines as te
+from procvlm_ros.core.backends.family_inputs import VISION_INPUTS
 from procvlm_ros.core.backends.manifest import (
     atomic_write_bytes,
     ExportManifest,
@@ -107,16 +110,19 @@ def profiles(manifest: ExportManifest) -> dict[str, list[dict[str, list[list[int
     pd, hidden, k = int(md['patch_dim']), int(md['hidden_size']), int(md['num_deepstack'])
     rows = VisionCache(int(lim['cache_frames']), int(lim['max_tokens_per_frame'])).bank_rows
     ctx, chunk = int(lim['max_context']), int(lim['prefill_chunk'])
+    merge = int(md['spatial_merge_size'])
     vision = {'pixel_values': [[1, 4, pd], [1, patches, pd], [frames, patches, pd]]}
-    for name, width in (('interp_indices', 4), ('interp_weights', 4), ('rope_pos', 2)):
-        vision[name] = [[4, width], [patches, width], [patches, width]]
+    for spec in VISION_INPUTS[manifest.family]:
+        vision[spec.name] = [list(spec.shape(p, merge)) for p in (4, patches, patches)]
     prompt = min(chunk, frames * (lim['max_tokens_per_frame'] + 2) + 64)
 
     def decoder(seq: tuple[int, int, int],
                 heads: tuple[int, int, int]) -> dict[str, list[list[int]]]:
         shapes = {'input_ids': [[1, s] for s in seq], 'visual_index': [[1, s] for s in seq],
                   'position_ids': [[3, 1, s] for s in seq],
-                  'image_embeds': [[rows, hidden]] * 3, 'deepstack': [[k, rows, hidden]] * 3}
+                  'image_embeds': [[rows, hidden]] * 3}
+        if k:  # deepstack (Qwen3-VL); Qwen2.5-VL's decoder has no such input
+            shapes['deepstack'] = [[k, rows, hidden]] * 3
         if manifest.verifies_drafts:
             shapes['logit_index'] = [[h] for h in heads]
         cache = [[1, int(md['num_kv_heads']), c, int(md['head_dim'])]

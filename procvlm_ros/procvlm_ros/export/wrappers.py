@@ -1,5 +1,6 @@
 """
-Traceable wrappers around the Qwen3-VL sub-modules (``qwen3vl-export.md`` sections 3 and 5).
+Traceable wrappers around the Qwen3-VL and Qwen2.5-VL sub-modules (``qwen3vl-export.md``
+sections 3 and 5).
 
 - ``VisionForExport``: the vision tower with frames as the batch axis, so the frame count is a
   plain dynamic dimension (HF's per-image ``cu_seqlens`` split does not trace). The geometry
@@ -13,6 +14,10 @@ Traceable wrappers around the Qwen3-VL sub-modules (``qwen3vl-export.md`` sectio
   cache is never concatenated or copied inside the graph. The LM head runs on the chunk
   positions listed in ``logit_index`` (the last one in prefill, all of them when a draft is
   verified), returning their logits and argmax (export format 2).
+
+Qwen2.5-VL (:func:`qwen25_wrapper_classes`): the vision tower's window attention becomes a mask
+from per-patch window ids, with the window permutation and its inverse as inputs; the decoder
+is the same wrapper without deepstack (Qwen2-style q/k/v biases, no q/k norms).
 
 Every module reuses the HF sub-modules and weights; only the control flow is rewritten.
 torch is imported inside functions only.
@@ -98,7 +103,9 @@ def wrapper_classes() -> tuple[type, type, type]:
             self.num_kv = int(cfg.num_key_value_heads)
             self.head_dim = int(getattr(cfg, 'head_dim', None)
                                 or cfg.hidden_size // cfg.num_attention_heads)
-            self.num_deepstack = len(model.config.vision_config.deepstack_visual_indexes)
+            self.num_deepstack = len(getattr(model.config.vision_config,
+                                             'deepstack_visual_indexes', None) or ())
+            self.qk_norm = hasattr(self.layers[0].self_attn, 'q_norm')
 
         def _layer(self, layer: Any, h: Any, cos: Any, sin: Any, k_cache: Any, v_cache: Any,
                    mask: Any) -> tuple[Any, Any, Any]:
@@ -106,8 +113,13 @@ def wrapper_classes() -> tuple[type, type, type]:
             x = layer.input_layernorm(h)
             seq = x.shape[1]
             groups = self.num_heads // self.num_kv
-            q = attn.q_norm(attn.q_proj(x).view(1, seq, self.num_heads, self.head_dim))
-            k = attn.k_norm(attn.k_proj(x).view(1, seq, self.num_kv, self.head_dim))
+            # Qwen3: per-head RMSNorm of q and k before the rotation; Qwen2.5: none.
+            q = attn.q_proj(x).view(1, seq, self.num_heads, self.head_dim)
+            if self.qk_norm:
+                q = attn.q_norm(q)
+            k = attn.k_proj(x).view(1, seq, self.num_kv, self.head_dim)
+            if self.qk_norm:
+                k = attn.k_norm(k)
             v = attn.v_proj(x).view(1, seq, self.num_kv, self.head_dim).transpose(1, 2)
             q, k = q.transpose(1, 2), k.transpose(1, 2)
             q = q * cos[:, None] + rotate_half(q) * sin[:, None]
@@ -143,6 +155,9 @@ def wrapper_classes() -> tuple[type, type, type]:
                     cache: tuple[Any, ...]) -> tuple[Any, Any, Any]:
             h, new_kv = self._body(input_ids, visual_index, image_embeds, deepstack,
                                    position_ids, past_length, cache)
+            return self._head(h, logit_index, new_kv)
+
+        def _head(self, h: Any, logit_index: Any, new_kv: Any) -> tuple[Any, Any, Any]:
             # The head on the chosen chunk positions only: the last one in prefill, every one
             # when verifying a draft (format 2). A plain Gather, no data-dependent shapes.
             rows = self.norm(h[0].index_select(0, logit_index))  # (K, H)
@@ -157,7 +172,8 @@ def wrapper_classes() -> tuple[type, type, type]:
             # Plain Gathers (no GatherND): bank row 0 is zeros, so text positions read zeros.
             vis = nn.functional.embedding(visual_index, image_embeds).to(text.dtype)
             h = torch.where((visual_index > 0)[..., None], vis, text)
-            ds = deepstack.index_select(1, visual_index[0]).to(text.dtype)  # (K, S, H)
+            ds = (None if deepstack is None  # (K, S, H)
+                  else deepstack.index_select(1, visual_index[0]).to(text.dtype))
             cos, sin = self.rotary_emb(h, position_ids)  # (1, S, hd) each
             seq, slots = input_ids.shape[1], cache[0].shape[2]
             mask = self._mask(seq, slots, past_length, input_ids.device)
@@ -165,7 +181,7 @@ def wrapper_classes() -> tuple[type, type, type]:
             for i, layer in enumerate(self.layers):
                 h, k, v = self._layer(layer, h, cos, sin, cache[2 * i], cache[2 * i + 1], mask)
                 new_kv.append(torch.stack([k, v]))
-                if i < self.num_deepstack:
+                if ds is not None and i < self.num_deepstack:
                     h = h + ds[i][None]
             return h, torch.stack(new_kv)
 
@@ -182,3 +198,94 @@ def wrapper_classes() -> tuple[type, type, type]:
             return logits, torch.argmax(logits, dim=-1), new_kv
 
     return VisionForExport, DecoderForExport, DecoderForExportV1
+
+
+@functools.cache
+def qwen25_wrapper_classes() -> tuple[type, type]:
+    """
+    Return ``(Qwen25VisionForExport, Qwen25DecoderForExport)`` for Qwen2.5-VL; defined lazily
+    to keep torch optional.
+    """
+    import torch
+    from torch import nn
+
+    _, decoder_cls, _ = wrapper_classes()
+
+    def rotate_half(x: Any) -> Any:
+        half = x.shape[-1] // 2
+        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+    class Qwen25VisionForExport(nn.Module):
+        """
+        Per-frame pixels -> merged image embeddings (grid order), frames as the batch axis.
+
+        Inputs besides ``pixel_values (F, P, patch_dim)`` come from
+        :func:`procvlm_ros.core.backends.qwen25vl_inputs.vision_geometry`: ``rope_pos (P, 2)``
+        and ``window_ids (P,)`` in window order, ``window_index`` / ``reverse_index (P/4,)``.
+        Window blocks attend where the window ids are equal; full-attention blocks attend over
+        the frame (every frame is its own batch row, so no mask is needed there).
+        """
+
+        def __init__(self, visual: Any) -> None:
+            super().__init__()
+            self.visual = visual
+            cfg = visual.config
+            self.num_heads = int(cfg.num_heads)
+            self.head_dim = int(cfg.hidden_size) // self.num_heads
+            self.full_blocks = {int(i) for i in visual.fullatt_block_indexes}
+            self.unit = int(visual.spatial_merge_unit)
+
+        def _attention(self, attn: Any, x: Any, cos: Any, sin: Any, mask: Any) -> Any:
+            frames, patches, width = x.shape
+            qkv = attn.qkv(x).reshape(frames, patches, 3, self.num_heads, self.head_dim)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (F, heads, P, hd)
+            qf, kf = q.float(), k.float()
+            q = (qf * cos + rotate_half(qf) * sin).to(v.dtype)
+            k = (kf * cos + rotate_half(kf) * sin).to(v.dtype)
+            scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scaling  # (F, heads, P, P)
+            if mask is not None:
+                scores = scores.float() + mask
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+            out = torch.matmul(probs, v).transpose(1, 2).reshape(frames, patches, width)
+            return attn.proj(out)
+
+        def forward(self, pixel_values: Any, rope_pos: Any, window_index: Any,
+                    reverse_index: Any, window_ids: Any) -> Any:
+            v = self.visual
+            frames, patches, _ = pixel_values.shape
+            proj = v.patch_embed.proj  # Conv3d with stride == kernel: a linear layer on patches
+            weight = proj.weight.reshape(proj.weight.shape[0], -1)
+            x = torch.matmul(pixel_values.to(weight.dtype), weight.t())  # (F, P, D)
+            if proj.bias is not None:
+                x = x + proj.bias
+            tokens = patches // self.unit
+            # Window order: merged tokens regrouped window by window (HF permutes the same way).
+            x = x.reshape(frames, tokens, self.unit, -1).index_select(1, window_index)
+            x = x.reshape(frames, patches, -1)
+            cos, sin = v.rotary_pos_emb(x, rope_pos)  # (P, hd) each, float32, window order
+            cos, sin = cos[None, None].float(), sin[None, None].float()
+            neg = torch.finfo(torch.float32).min
+            window_mask = torch.where(window_ids[:, None] == window_ids[None, :], 0.0, neg)
+            window_mask = window_mask.to(torch.float32)[None, None]  # (1, 1, P, P)
+            for i, blk in enumerate(v.blocks):
+                mask = None if i in self.full_blocks else window_mask
+                x = x + self._attention(blk.attn, blk.norm1(x), cos, sin, mask)
+                x = x + blk.mlp(blk.norm2(x))
+            embeds = v.merger(x.reshape(frames * patches, -1)).reshape(frames, tokens, -1)
+            return embeds.index_select(1, reverse_index)  # back to grid order
+
+    class Qwen25DecoderForExport(decoder_cls):  # type: ignore[misc,valid-type]
+        """The format-2 decoder without deepstack: Qwen2-style layers, M-RoPE from the host."""
+
+        def __init__(self, model: Any) -> None:
+            super().__init__(model)
+            self.head_dim = int(self.layers[0].self_attn.head_dim)
+
+        def forward(self, input_ids: Any, visual_index: Any, image_embeds: Any,
+                    position_ids: Any, past_length: Any, logit_index: Any,
+                    cache: tuple[Any, ...]) -> tuple[Any, Any, Any]:
+            h, new_kv = self._body(input_ids, visual_index, image_embeds, None, position_ids,
+                                   past_length, cache)
+            return self._head(h, logit_index, new_kv)
+
+    return Qwen25VisionForExport, Qwen25DecoderForExport

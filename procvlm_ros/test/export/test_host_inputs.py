@@ -1,4 +1,5 @@
-"""Host-side pieces of the exported backends: geometry, M-RoPE, greedy rules, vision cache."""
+"""Host-side pieces of the exported backends: geometry (Qwen3-VL, Qwen2.5-VL), M-RoPE, greedy
+rules, vision cache."""
 
 import functools
 from types import SimpleNamespace
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 from procvlm_ros.core.backends import qwen3vl_inputs as qin
+from procvlm_ros.core.backends import qwen25vl_inputs as q25
 from procvlm_ros.core.backends.device_arrays import HostArrays
 from procvlm_ros.core.backends.greedy import GreedySettings, penalised_argmax
 from procvlm_ros.core.backends.vision_cache import VisionCache
@@ -53,6 +55,65 @@ def test_rope_index_matches_transformers_get_rope_index(grids):
     pos, delta = qin.rope_index(ids, IMG, grids, 2)
     assert np.array_equal(pos, ref_pos[:, 0].numpy())
     assert delta == int(ref_delta)
+
+
+@pytest.mark.parametrize(('grid_h', 'grid_w', 'window'), [
+    (4, 6, 56), (8, 8, 56), (10, 30, 56), (16, 10, 112), (22, 14, 112), (34, 46, 112),
+    (2, 2, 112)])
+def test_qwen25_window_layout_is_transformers_window_index(grid_h, grid_w, window):
+    torch = pytest.importorskip('torch')
+    from transformers import vision_utils as vu
+
+    grid = torch.tensor([[1, grid_h, grid_w]])
+    ref_index, ref_cu = vu.get_vision_window_index(grid, 2, window, 14)
+    rope, index, reverse, ids = q25.vision_geometry(grid_h, grid_w, 2, window, 14)
+    assert np.array_equal(index, ref_index.numpy())
+    assert np.array_equal(reverse, torch.argsort(ref_index).numpy())
+    # Window ids change exactly at HF's cumulative window boundaries.
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(ids)) + 1, [ids.size]])
+    assert np.array_equal(bounds, ref_cu.numpy())
+    # Rotary positions: HF's per-patch positions, permuted like the hidden states.
+    pos = vu.get_vision_position_ids(grid, 2).reshape(-1, 4, 2)[ref_index].reshape(-1, 2)
+    assert np.array_equal(rope, pos.numpy())
+    assert {a.dtype for a in (rope, index, reverse, ids)} == {np.dtype(np.int64)}
+
+
+@pytest.mark.parametrize('grids', [[(1, 4, 6)], [(1, 6, 8)] * 3, [(1, 4, 8), (1, 8, 4)],
+                                   [(1, 8, 10)] * 8])
+def test_qwen25_rope_index_is_the_qwen3_one_for_images(grids):
+    """Qwen2.5-VL's get_rope_index on an images-only prompt == qwen3vl_inputs.rope_index."""
+    torch = pytest.importorskip('torch')
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
+
+    ids = _layout(grids)
+    fake = SimpleNamespace(config=SimpleNamespace(
+        vision_config=SimpleNamespace(spatial_merge_size=2, tokens_per_second=2)))
+    fake.get_vision_position_ids = functools.partial(Qwen2_5_VLModel.get_vision_position_ids,
+                                                     fake)
+    ref_pos, ref_delta = Qwen2_5_VLModel.get_rope_index(
+        fake, torch.from_numpy(ids)[None], torch.from_numpy((ids == IMG).astype(np.int64))[None],
+        image_grid_thw=torch.tensor(grids))
+    pos, delta = qin.rope_index(ids, IMG, grids, 2)
+    assert np.array_equal(pos, ref_pos[:, 0].numpy())
+    assert delta == int(ref_delta)
+
+
+def test_family_inputs_name_every_vision_input_and_refuse_other_families():
+    from procvlm_ros.core.backends.family_inputs import family_inputs
+
+    q3 = family_inputs('qwen3_vl', {'spatial_merge_size': 2, 'num_grid_per_side': 48})
+    assert [v.name for v in q3.vision_inputs] == ['interp_indices', 'interp_weights', 'rope_pos']
+    arrays = q3.vision_arrays(4, 6)
+    want = qin.vision_geometry(4, 6, 48, 2)
+    assert all(np.array_equal(a, b) for a, b in zip(arrays.values(), want))
+    q25_inputs = family_inputs('qwen2_5_vl', {'spatial_merge_size': 2, 'window_size': 56,
+                                              'patch_size': 14})
+    arrays = q25_inputs.vision_arrays(4, 6)
+    assert {k: v.shape for k, v in arrays.items()} == {
+        'rope_pos': (24, 2), 'window_index': (6,), 'reverse_index': (6,), 'window_ids': (24,)}
+    assert [v.shape(24, 2) for v in q25_inputs.vision_inputs] == [(24, 2), (6,), (6,), (24,)]
+    with pytest.raises(BackendUnavailableError, match="not 'internvl'"):
+        family_inputs('internvl', {'spatial_merge_size': 2})
 
 
 def test_rope_index_rejects_grids_that_do_not_fit_the_prompt():

@@ -7,7 +7,9 @@ per-frame vision caching, preallocated buffers and the greedy loop.
   visual token count and the text is tokenized by the exported tokenizer.
 - Frames are preprocessed one by one with the exported image processor; frames already in the
   :class:`VisionCache` are neither preprocessed nor encoded again.
-- M-RoPE positions and the bank row of each visual token are computed on the host.
+- M-RoPE positions and the bank row of each visual token are computed on the host, and so are
+  the vision graph's grid-dependent inputs of the export's model family (``model.family``:
+  Qwen3-VL or Qwen2.5-VL, :mod:`family_inputs`); everything else is one code path.
 - Each request views the preallocated KV buffer with capacity ``C`` = prompt +
   ``max_new_tokens`` rounded up to 64 (at most ``max_context``); the decoder reads it by pointer
   and only the new K/V rows are written back, so the cache is never copied or reallocated.
@@ -34,6 +36,7 @@ from PIL import Image
 from procvlm_ros.core.backends import qwen3vl_inputs as qin
 from procvlm_ros.core.backends import speculation as spec
 from procvlm_ros.core.backends.base import Backend, GenerationRequest, GenerationResult
+from procvlm_ros.core.backends.family_inputs import family_inputs
 from procvlm_ros.core.backends.frame_features import frame_features
 from procvlm_ros.core.backends.graph_runtime import Buffers, Dims, GraphRuntime, LoadedExport
 from procvlm_ros.core.backends.greedy import GreedySettings, penalised_argmax
@@ -100,18 +103,19 @@ class ExportedBackend(Backend):
             _LOG.info('dtype %s ignored: the exported graphs are %s', cfg.dtype,
                          manifest.dtype)
         dims = Dims.from_manifest(manifest)
+        family = family_inputs(manifest.family, manifest.model)
         runtime = self._open_runtime(manifest)  # cheapest refusals first (files, engines)
         try:
             from procvlm_ros.core.backends.transformers_backend import load_processor
             processor, _ = load_processor(manifest.folder, cfg.min_pixels, cfg.max_pixels)
             cache = VisionCache(dims.cache_frames, dims.tokens_per_frame)
             cache.hits, cache.misses = self._stats_cache.hits, self._stats_cache.misses
-            buf = Buffers(runtime.arrays, dims, cache.bank_rows)
+            buf = Buffers(runtime.arrays, dims, cache.bank_rows, family.vision_inputs)
         except BaseException:
             runtime.close()
             raise
         self._s = LoadedExport(runtime, manifest, processor, greedy, cache, buf, dims,
-                          int(manifest.tokens['image_token_id']))
+                               int(manifest.tokens['image_token_id']), family)
         self._stats_cache = cache
         self._steps = np.arange(dims.chunk, dtype=np.int64)
         self._heads = None
@@ -148,8 +152,8 @@ class ExportedBackend(Backend):
         self._check_window(s, images, request.frame_keys)
         entries, vision_s, encoded = frame_features(s, images, request.frame_keys)
         ids = self._tokenize(s, request, [e.tokens for e in entries])
-        positions, delta = qin.rope_index(ids, s.image_token_id, [e.grid for e in entries],
-                                          s.dims.merge)
+        positions, delta = s.family.rope_index(ids, s.image_token_id,
+                                               [e.grid for e in entries], s.dims.merge)
         vis = qin.visual_index(ids, s.image_token_id,
                                [s.cache.first_row(e.slot) for e in entries],
                                [e.tokens for e in entries])

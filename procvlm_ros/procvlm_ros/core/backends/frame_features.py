@@ -19,7 +19,6 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from procvlm_ros.core.backends import qwen3vl_inputs as qin
 from procvlm_ros.core.backends.graph_runtime import LoadedExport
 from procvlm_ros.core.backends.vision_cache import CacheEntry
 from procvlm_ros.core.errors import BackendError
@@ -96,18 +95,19 @@ def _encode_group(s: LoadedExport, grid: tuple[int, int, int],
                   members: list[tuple[CacheEntry, npt.NDArray[Any]]]) -> None:
     a, b = s.runtime.arrays, s.buf
     _, h, w = grid
-    idx, weights, rope = qin.vision_geometry(h, w, s.dims.grid_side, s.dims.merge)
     pixels = np.stack([p for _, p in members]).astype(b.pixels.host.dtype, copy=False)
-    for staged, values in ((b.pixels, pixels), (b.interp_idx, idx),
-                           (b.interp_w, weights), (b.rope, rope)):
-        staged.host[:values.size] = values.reshape(-1)
-        a.push(staged, values.size)
+    staged = [(b.pixels, pixels)] + [(b.geometry[name], values) for name, values in
+                                     s.family.vision_arrays(h, w).items()]
+    for buffer, values in staged:
+        buffer.host[:values.size] = values.reshape(-1)
+        a.push(buffer, values.size)
     inputs, outputs = b.vision_bindings(len(members), h * w)
     s.runtime.run_vision(inputs, outputs)
     bank, ds_bank = b.bank_views()
-    embeds, deep = outputs['image_embeds'], outputs['deepstack']
+    embeds, deep = outputs['image_embeds'], outputs.get('deepstack')
     tokens = embeds.shape[1]
     for f, (entry, _) in enumerate(members):
         first = s.cache.first_row(entry.slot)
         a.copy(bank[first:first + tokens], embeds[f])
-        a.copy(ds_bank[:, first:first + tokens], deep[:, f])
+        if deep is not None:
+            a.copy(ds_bank[:, first:first + tokens], deep[:, f])

@@ -9,8 +9,11 @@ capacities of the manifest's limits:
   ``[L, 2, 1, kv, C, hd]`` for its capacity ``C`` (contiguous, so it binds by pointer);
 - the feature bank holds ``cache_frames`` frames of ``max_tokens_per_frame`` rows each after a
   zero row; the decoder gathers visual rows from it by index;
-- the per-call inputs (token ids, bank rows, positions, past length, pixels, geometry) are
-  staged pairs of host and device arrays of their largest size.
+- the per-call inputs (token ids, bank rows, positions, past length, pixels, the family's
+  grid-dependent vision inputs) are staged pairs of host and device arrays of their largest
+  size;
+- deepstack tensors (feature bank, vision output, decoder input) exist only for families that
+  have them (``Dims.deepstack > 0``, Qwen3-VL).
 
 :func:`decoder_bindings` returns the views for one (new tokens, cache slots, head positions)
 shape; the same shape gives the same pointers, so runtimes keep their bindings between passes.
@@ -20,9 +23,11 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+import math
 from typing import Any
 
 from procvlm_ros.core.backends.device_arrays import HostArrays, Staged, TorchCudaArrays
+from procvlm_ros.core.backends.family_inputs import FamilyInputs, VisionInput
 from procvlm_ros.core.backends.greedy import GreedySettings
 from procvlm_ros.core.backends.manifest import ExportManifest
 from procvlm_ros.core.backends.vision_cache import VisionCache
@@ -83,7 +88,7 @@ class Dims:
         return cls(int(md['num_layers']), int(md['num_kv_heads']), int(md['head_dim']),
                    int(md['hidden_size']), int(md['num_deepstack']), int(md['vocab_size']),
                    int(md['patch_dim']), int(md['spatial_merge_size']),
-                   int(md['num_grid_per_side']), int(lim['max_context']),
+                   int(md.get('num_grid_per_side', 0)), int(lim['max_context']),
                    int(lim['prefill_chunk']), int(lim['max_frames']),
                    int(lim['max_tokens_per_frame']), int(lim['cache_frames']),
                    _DTYPES[m.dtype], m.verifies_drafts,
@@ -97,10 +102,13 @@ class Buffers:
     :param a: Host or CUDA arrays.
     :param d: Sizes.
     :param bank_rows: Rows of the feature bank (zero row included).
+    :param vision_inputs: The family's grid-dependent vision-graph inputs.
     """
 
-    def __init__(self, a: Arrays, d: Dims, bank_rows: int) -> None:
+    def __init__(self, a: Arrays, d: Dims, bank_rows: int,
+                 vision_inputs: tuple[VisionInput, ...]) -> None:
         self.arrays, self.dims, self.bank_rows = a, d, bank_rows
+        self.vision_inputs = vision_inputs
         kv_row = d.layers * 2 * d.kv_heads * d.head_dim
         self.kv = a.zeros(kv_row * d.max_context, d.dtype)
         self.new_kv = a.zeros(kv_row * d.chunk, d.dtype)
@@ -115,9 +123,8 @@ class Buffers:
         self.past: Staged = a.staged(1, 'int64')
         patches = d.merge * d.merge * d.tokens_per_frame
         self.pixels: Staged = a.staged(d.max_frames * patches * d.patch_dim, d.dtype)
-        self.interp_idx: Staged = a.staged(patches * 4, 'int64')
-        self.interp_w: Staged = a.staged(patches * 4, 'float32')
-        self.rope: Staged = a.staged(patches * 2, 'int64')
+        self.geometry: dict[str, Staged] = {
+            v.name: a.staged(math.prod(v.shape(patches, d.merge)), v.dtype) for v in vision_inputs}
         per_frame = d.tokens_per_frame * d.hidden
         self.embeds = a.zeros(d.max_frames * per_frame, d.dtype)
         self.ds_out = a.zeros(d.deepstack * d.max_frames * per_frame, d.dtype)
@@ -133,12 +140,12 @@ class Buffers:
         """Inputs/outputs of the vision graph for ``frames`` frames of ``patches`` patches."""
         a, d = self.arrays, self.dims
         tokens = patches // (d.merge * d.merge)
-        inputs = {'pixel_values': a.view(self.pixels.dev, (frames, patches, d.patch_dim)),
-                  'interp_indices': a.view(self.interp_idx.dev, (patches, 4)),
-                  'interp_weights': a.view(self.interp_w.dev, (patches, 4)),
-                  'rope_pos': a.view(self.rope.dev, (patches, 2))}
-        outputs = {'image_embeds': a.view(self.embeds, (frames, tokens, d.hidden)),
-                   'deepstack': a.view(self.ds_out, (d.deepstack, frames, tokens, d.hidden))}
+        inputs = {'pixel_values': a.view(self.pixels.dev, (frames, patches, d.patch_dim))}
+        for v in self.vision_inputs:
+            inputs[v.name] = a.view(self.geometry[v.name].dev, v.shape(patches, d.merge))
+        outputs = {'image_embeds': a.view(self.embeds, (frames, tokens, d.hidden))}
+        if d.deepstack:
+            outputs['deepstack'] = a.view(self.ds_out, (d.deepstack, frames, tokens, d.hidden))
         return inputs, outputs
 
     def decoder_bindings(self, seq: int, slots: int,
@@ -153,9 +160,11 @@ class Buffers:
         bank, ds_bank = self.bank_views()
         inputs = {'input_ids': a.view(self.ids.dev, (1, seq)),
                   'visual_index': a.view(self.vis.dev, (1, seq)),
-                  'image_embeds': bank, 'deepstack': ds_bank,
-                  'position_ids': a.view(self.pos.dev, (3, 1, seq)),
-                  'past_length': a.view(self.past.dev, (1,))}
+                  'image_embeds': bank}
+        if d.deepstack:
+            inputs['deepstack'] = ds_bank
+        inputs.update({'position_ids': a.view(self.pos.dev, (3, 1, seq)),
+                       'past_length': a.view(self.past.dev, (1,))})
         if d.per_position:
             inputs['logit_index'] = a.view(self.heads.dev, (heads,))
         for i in range(d.layers):
@@ -179,3 +188,4 @@ class LoadedExport:
     buf: Buffers
     dims: Dims
     image_token_id: int
+    family: FamilyInputs

@@ -3,9 +3,11 @@
 
 The manifest makes an export folder self-describing for the robot: source checkpoint and weight
 hashes, exporter and library versions, opset, dtype, the I/O of every graph, the limits the
-graphs and engines were sized for, preprocessing settings, special token ids, eos and the greedy
-settings of ``generation_config.json``. Backends refuse a folder whose manifest they do not
-understand or whose graph files do not match it (truncated, replaced, or from another export).
+graphs and engines were sized for, the model family (``model.family``; absent in exports made
+before Qwen2.5-VL support, which are Qwen3-VL), preprocessing settings, special token ids, eos
+and the greedy settings of ``generation_config.json``. Backends refuse a folder whose manifest
+they do not understand or whose graph files do not match it (truncated, replaced, or from
+another export).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import tempfile
 from typing import Any
 
+from procvlm_ros.core.backends.families import DEFAULT_FAMILY
 from procvlm_ros.core.errors import BackendUnavailableError
 
 MANIFEST_NAME = 'manifest.json'
@@ -138,6 +141,11 @@ class ExportManifest:
     @property
     def model(self) -> dict[str, Any]:
         return dict(self.data['model'])
+
+    @property
+    def family(self) -> str:
+        """Model family of the graphs (``model.family``; manifests without it are Qwen3-VL)."""
+        return str(self.data['model'].get('family') or DEFAULT_FAMILY)
 
     @property
     def tokens(self) -> dict[str, Any]:
