@@ -197,6 +197,12 @@ def test_bad_profile_refuses_to_start_with_a_clear_error(start_monitor):
     assert _wait_exit(monitor) == 2
     log = monitor.log()
     assert 'invalid configuration' in log and 'profile' in log and 'telepathy' in log, log
+    # A setting the profile refuses is as clear (the profile is built before anything starts).
+    monitor = start_monitor(dict(BASE, profile='pairwise_critic', scripted_outputs=['1'],
+                                 task='stack', critic_reference_path='/nonexistent/demo'))
+    assert _wait_exit(monitor) == 2
+    log = monitor.log()
+    assert 'invalid configuration' in log and '/nonexistent/demo' in log, log
 
 
 def test_profile_and_trust_remote_code_are_read_only(probe, start_monitor):
