@@ -18,7 +18,7 @@ import pytest
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 from sensor_msgs.msg import Image
-from std_msgs.msg import String
+from std_msgs.msg import Bool, String
 from visualization_msgs.msg import ImageMarker
 
 BASE = {'backend': 'scripted', 'window_size': 2, 'sample_period_s': 0.0,
@@ -83,6 +83,25 @@ def test_pairwise_critic_publishes_accumulated_progress(probe, start_monitor, he
     assert [round(m.value, 4) for m in ok[:3]] == [0.2, 0.4, 0.34]
     assert ok[0].model_output == '20' and ok[0].task == 'stack the cups'
     assert ok[0].backend == 'scripted' and ok[0].header.frame_id == 'front_camera'
+    assert monitor.alive()
+
+
+def test_pairwise_critic_done_answer_reaches_the_supervisor(probe, start_monitor, helpers):
+    # 0 -> 60 -> 84: at 80 the done query is asked ('1': yes), the value becomes 100 and the
+    # supervisor's own done rule (two estimates >= 0.95) latches done, as for ProcVLM.
+    monitor = start_monitor(dict(BASE, profile='pairwise_critic', task='stack the cups',
+                                 scripted_outputs=['60', '60', '1']))
+    got: list[Progress] = []
+    done: list[Bool] = []
+    subs = (_subscribe(probe, Progress, 'progress', got), _subscribe(probe, Bool, 'done', done))
+    pub = _publisher(probe, monitor)
+    _matched(probe, monitor, *subs)
+    _send(probe, pub, helpers, 5)
+    assert probe.spin_until(lambda: any(m.done for m in got), 20.0), monitor.log()
+    ok = [m for m in got if m.status == Progress.STATUS_OK]
+    assert [round(m.value, 4) for m in ok[:3]] == [0.6, 1.0, 1.0]
+    assert ok[1].model_output == '60\n1'  # the critic answer, then the done answer
+    assert probe.spin_until(lambda: done and done[-1].data, 5.0)
     assert monitor.alive()
 
 
