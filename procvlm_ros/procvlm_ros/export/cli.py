@@ -2,7 +2,8 @@
 ``procvlm-export``: ONNX export, parity check, TensorRT engine build and benchmark.
 
 Exit codes: 0 success; 1 the export does not match its checkpoint (``check``, or ``onnx``'s
-validation); 2 bad input (not Qwen3-VL, broken folder, wrong precision, no TensorRT...).
+validation); 2 bad input (a family it cannot export, e.g. InternVL; broken folder, wrong
+precision, no TensorRT...).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ EXIT_MISMATCH, EXIT_BAD_INPUT = 1, 2
 
 def _onnx_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser('onnx', help='export vision + decoder ONNX graphs and manifest.json')
-    p.add_argument('--model', required=True, help='Qwen3-VL checkpoint directory or hub id')
+    p.add_argument('--model', required=True,
+                   help='Qwen3-VL or Qwen2.5-VL checkpoint directory or hub id')
     p.add_argument('--out', required=True, help='export folder (replaced if present)')
     p.add_argument('--dtype', default='fp32', choices=['fp32', 'fp16'])
     p.add_argument('--max-frames', type=int, default=8, help='largest window (frames)')

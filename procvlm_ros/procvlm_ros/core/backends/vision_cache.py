@@ -1,9 +1,10 @@
 """
 Per-frame vision-feature cache over a fixed *feature bank* (exact reuse across sliding windows).
 
-Vision attention in Qwen3-VL is per image, so a frame's merged embeddings and deepstack features
-do not depend on the other frames of the window: a frame that stays in the sliding window can be
-encoded once (``qwen3vl-export.md`` section 2.6, measured diff 0.0). The features live in bank
+Vision attention in Qwen3-VL is per image (in Qwen2.5-VL per image or per window inside it), so
+a frame's merged embeddings and deepstack features do not depend on the other frames of the
+window: a frame that stays in the sliding window can be encoded once (``qwen3vl-export.md``
+section 2.6, measured diff 0.0). The features live in bank
 slots of ``rows_per_slot`` rows; this class only does the bookkeeping (key -> slot, LRU eviction
 of slots the current window does not use, hit statistics). Bank row 0 is reserved for zeros, so
 slot ``s`` starts at row ``1 + s * rows_per_slot``.
