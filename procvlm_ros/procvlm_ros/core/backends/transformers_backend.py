@@ -2,12 +2,17 @@
 Reference backend: the checkpoint run with transformers, as the official transformers path.
 
 Behaviour follows ``procvlm-reference.md`` sections 1.5-1.7, 2.2 and 3: one user turn rendered
-with the checkpoint's own chat template, ``Qwen3VLProcessor`` preprocessing, greedy decoding
-unless ``temperature > 0`` (then ``top_p=0.9``), eos/pad from ``generation_config.json``, only
-the new tokens decoded with ``skip_special_tokens=True`` and no strip, and the optional value
-head. Differences from the official code, on purpose: the attention kernel is configurable
-(official hard-codes flash_attention_2, bug 10.5) and a missing value-head sidecar is an error
-instead of a silently random head (bug 10.7).
+with the checkpoint's own chat template, the family's processor (``Qwen3VLProcessor`` for
+ProcVLM), greedy decoding unless ``temperature > 0`` (then ``top_p=0.9``), eos/pad from
+``generation_config.json``, only the new tokens decoded with ``skip_special_tokens=True`` and no
+strip, and the optional value head. Differences from the official code, on purpose: the
+attention kernel is configurable (official hard-codes flash_attention_2, bug 10.5) and a missing
+value-head sidecar is an error instead of a silently random head (bug 10.7).
+
+Model families (:mod:`families`, keyed by ``config.json`` ``model_type``): Qwen3-VL, Qwen2.5-VL
+and transformers-native InternVL load with their transformers class and never run checkpoint
+code (``trust_remote_code=False`` is passed explicitly). Remote-code InternVL (``internvl_chat``,
+e.g. VLAC-2B) is refused unless ``trust_remote_code`` is on.
 
 torch and transformers are imported inside functions only.
 """
@@ -23,9 +28,11 @@ from pathlib import Path
 import time
 from typing import Any
 
+from procvlm_ros.core.backends import families
 from procvlm_ros.core.backends import lora_adapter as lora
 from procvlm_ros.core.backends import value_head as vh
 from procvlm_ros.core.backends.base import Backend, GenerationRequest, GenerationResult
+from procvlm_ros.core.backends.families import ModelFamily
 from procvlm_ros.core.config import BackendConfig
 from procvlm_ros.core.errors import BackendError, BackendUnavailableError
 
@@ -39,6 +46,10 @@ _VISUAL_KEYS = ('pixel_values', 'image_grid_thw', 'pixel_values_videos', 'video_
 _IMAGE_PROCESSOR_KEYS = ('do_resize', 'do_rescale', 'rescale_factor', 'do_normalize',
                          'do_convert_rgb', 'image_mean', 'image_std', 'patch_size',
                          'temporal_patch_size', 'merge_size', 'resample')
+_TILE_PROCESSOR_KEYS = ('do_resize', 'do_rescale', 'rescale_factor', 'do_normalize',
+                        'do_convert_rgb', 'image_mean', 'image_std', 'resample', 'size',
+                        'crop_to_patches', 'min_patches', 'max_patches')
+_PIXEL_LIMIT_FAMILIES = ('qwen3_vl', 'qwen2_5_vl')  # processors with min/max pixel limits
 
 
 # ---------------------------------------------------------------- device, dtype, checkpoint
@@ -105,12 +116,7 @@ def resolve_checkpoint(model: str) -> Path:
             'local directory') from e
 
 
-def read_model_config(path: Path) -> dict[str, Any]:
-    """
-    Read ``config.json`` and check that it is a Qwen3-VL checkpoint.
-
-    :raises BackendUnavailableError: If there is no readable config or the model type differs.
-    """
+def _read_config_json(path: Path) -> dict[str, Any]:
     cfg_path = path / 'config.json'
     if not cfg_path.is_file():
         raise BackendUnavailableError(
@@ -119,28 +125,102 @@ def read_model_config(path: Path) -> dict[str, Any]:
         cfg = json.loads(cfg_path.read_text(encoding='utf-8'))
     except (OSError, ValueError) as e:
         raise BackendUnavailableError(f'{cfg_path} is not valid JSON: {e}') from e
-    found = cfg.get('model_type') if isinstance(cfg, dict) else None
-    if found != EXPECTED_MODEL_TYPE:
+    if not isinstance(cfg, dict):
+        raise BackendUnavailableError(f'{cfg_path} does not hold a JSON object')
+    return cfg
+
+
+def _family_of(path: Path, cfg: dict[str, Any]) -> ModelFamily:
+    try:
+        return families.family_for_config(cfg, where=str(path))
+    except BackendUnavailableError as e:
+        supported = ', '.join(repr(t) for f in families.FAMILIES for t in f.model_types)
         raise BackendUnavailableError(
-            f'{path} holds a model of type {found!r}; ProcVLM needs {EXPECTED_MODEL_TYPE!r} '
-            '(Qwen3VLForConditionalGeneration, e.g. ce-amtic/ProcVLM-2B)')
-    return dict(cfg)
+            f'{path} holds a model of type {cfg.get("model_type")!r}; the transformers backend '
+            f'serves {supported} (ProcVLM is {families.DEFAULT_FAMILY!r}, e.g. '
+            'ce-amtic/ProcVLM-2B)') from e
 
 
-def load_model(path: Path, device: str, dtype: Any, attn_implementation: str) -> Any:
+def checkpoint_family(path: Path) -> ModelFamily:
     """
-    Load ``Qwen3VLForConditionalGeneration`` weights; refuse incomplete or unreadable weights.
+    Return the model family of the checkpoint in ``path`` from its ``config.json``.
 
-    :raises BackendUnavailableError: If the weights are missing, truncated, corrupt or
-        incomplete, or the attention kernel is unavailable.
+    :raises BackendUnavailableError: If there is no readable config or no family serves its
+        ``model_type``.
     """
+    return _family_of(path, _read_config_json(path))
+
+
+def read_model_config(path: Path,
+                      accept: tuple[str, ...] = (families.DEFAULT_FAMILY,)) -> dict[str, Any]:
+    """
+    Read ``config.json`` and check that the checkpoint's family is one of ``accept``.
+
+    :param accept: Family names the caller supports (Qwen3-VL only by default: ProcVLM's
+        training, merging and export tools).
+    :raises BackendUnavailableError: If there is no readable config or the family differs.
+    """
+    cfg = _read_config_json(path)
+    family = _family_of(path, cfg)
+    if family.name not in accept:
+        wanted = ' or '.join(repr(a) for a in accept)
+        raise BackendUnavailableError(
+            f'{path} holds a model of type {cfg.get("model_type")!r} (family {family.name}); '
+            f'this needs {wanted} (Qwen3VLForConditionalGeneration, e.g. ce-amtic/ProcVLM-2B)')
+    return cfg
+
+
+def require_trusted(path: Path, family: ModelFamily, trust_remote_code: bool) -> None:
+    """
+    Refuse a family whose checkpoints carry their own Python code unless it is trusted.
+
+    :raises BackendUnavailableError: If ``family.remote_code`` and not ``trust_remote_code``.
+    """
+    if family.remote_code and not trust_remote_code:
+        raise BackendUnavailableError(
+            f'{path} is a remote-code checkpoint (model_type {family.name!r}, e.g. VLAC-2B): '
+            'loading it runs the Python files shipped with the checkpoint. Set '
+            'trust_remote_code to true only after reading that code, or convert the checkpoint '
+            "to transformers' native InternVL format (model_type 'internvl')")
+
+
+def _model_loader(family: ModelFamily, trust_remote_code: bool) -> tuple[Any, bool]:
+    """``(transformers class, trust_remote_code to pass)`` for the family."""
     import transformers
     tf: Any = transformers
+    if family.model_class is None:
+        return tf.AutoModel, trust_remote_code
+    loader = getattr(tf, family.model_class, None)
+    if loader is None:
+        raise BackendUnavailableError(
+            f'transformers {transformers.__version__} has no {family.model_class} '
+            f'({family.name} checkpoints); upgrade transformers')
+    return loader, False
+
+
+def load_model(path: Path, device: str, dtype: Any, attn_implementation: str,
+               family: ModelFamily | None = None, trust_remote_code: bool = False) -> Any:
+    """
+    Load the family's model class; refuse incomplete or unreadable weights.
+
+    Native families (Qwen3-VL, Qwen2.5-VL, InternVL) load with their transformers class and
+    ``trust_remote_code=False``. A remote-code family (``internvl_chat``) loads through
+    ``AutoModel`` with ``trust_remote_code=True`` only when ``trust_remote_code`` is set; that
+    path is **untested** here (no remote-code checkpoint is available offline).
+
+    :param family: The checkpoint's family (None: read from ``path/config.json``).
+    :raises BackendUnavailableError: If the weights are missing, truncated, corrupt or
+        incomplete, the attention kernel is unavailable, or remote code is not trusted.
+    """
+    import transformers
+    family = family or checkpoint_family(path)
+    require_trusted(path, family, trust_remote_code)
+    loader, remote = _model_loader(family, trust_remote_code)
     dtype_kw = 'dtype' if int(transformers.__version__.split('.')[0]) >= 5 else 'torch_dtype'
     try:
-        model, info = tf.Qwen3VLForConditionalGeneration.from_pretrained(
+        model, info = loader.from_pretrained(
             str(path), output_loading_info=True, attn_implementation=attn_implementation,
-            **{dtype_kw: dtype})
+            trust_remote_code=remote, **{dtype_kw: dtype})
     except ImportError as e:
         raise BackendUnavailableError(
             f'attn_implementation={attn_implementation!r} is not usable here ({e}); '
@@ -196,18 +276,23 @@ def image_processor_kwargs(pre: dict[str, Any]) -> dict[str, Any]:
 
 
 @functools.cache
-def _fallback_classes() -> tuple[type, type]:
-    """Images-only video processor and a Qwen3VLProcessor that accepts it (no torchvision)."""
-    from transformers import Qwen3VLProcessor
+def _fallback_classes(processor_class: str = 'Qwen3VLProcessor',
+                      patch_size: int = 16) -> tuple[type, type]:
+    """Images-only video processor and a ``processor_class`` that accepts it (no torchvision)."""
+    import transformers
     import transformers.video_processing_utils as vpu
 
+    base: Any = getattr(transformers, processor_class)
+
     class ImagesOnlyVideoProcessor(vpu.BaseVideoProcessor):
-        """Placeholder: Qwen3VLVideoProcessor needs torchvision; videos are never sent."""
+        """Placeholder: the families' video processors need torchvision; videos are never sent."""
 
-        patch_size, temporal_patch_size, merge_size = 16, 2, 2
+    ImagesOnlyVideoProcessor.patch_size = patch_size
+    ImagesOnlyVideoProcessor.temporal_patch_size = 2
+    ImagesOnlyVideoProcessor.merge_size = 2
 
-    class ImagesOnlyQwen3VLProcessor(Qwen3VLProcessor):
-        """Qwen3VLProcessor whose video slot accepts the placeholder above."""
+    class ImagesOnlyProcessor(base):  # type: ignore[misc]
+        """The family's processor whose video slot accepts the placeholder above."""
 
         def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
             if argument_name == 'video_processor':
@@ -215,27 +300,69 @@ def _fallback_classes() -> tuple[type, type]:
             parent: Any = super()
             return parent.check_argument_for_proper_class(argument_name, argument)
 
-    return ImagesOnlyVideoProcessor, ImagesOnlyQwen3VLProcessor
+    ImagesOnlyProcessor.__name__ = f'ImagesOnly{processor_class}'
+    return ImagesOnlyVideoProcessor, ImagesOnlyProcessor
 
 
-def build_processor_without_torchvision(path: Path) -> Any:
-    """
-    Build ``Qwen3VLProcessor`` from the checkpoint's files with the PIL/numpy image processor.
-
-    Uses the checkpoint's tokenizer, its ``preprocessor_config.json`` values and its chat
-    template (``qwen3vl-export.md`` section 1.3), with an images-only video processor.
-    """
+def _qwen_image_processor(path: Path, pre: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Qwen2-VL PIL/numpy image processor from ``preprocessor_config.json`` (Qwen families)."""
     import transformers
-    from transformers import AutoTokenizer
-    pre = _read_json(path / 'preprocessor_config.json')
     image_cls = (getattr(transformers, 'Qwen2VLImageProcessorPil', None)
                  or transformers.Qwen2VLImageProcessor)
-    image_processor = image_cls(**image_processor_kwargs(pre))
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    return image_cls(**image_processor_kwargs(pre)), {}
+
+
+def _internvl_image_processor(path: Path, pre: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """GotOcr2 PIL/numpy tiling image processor and ``image_seq_length`` (InternVL)."""
+    import transformers
+    tf: Any = transformers
+    image_cls = getattr(tf, 'GotOcr2ImageProcessorPil', None) or tf.GotOcr2ImageProcessor
+    kwargs = {k: pre[k] for k in _TILE_PROCESSOR_KEYS if k in pre}
+    seq = None
+    if (path / 'processor_config.json').is_file():
+        seq = _read_json(path / 'processor_config.json').get('image_seq_length')
+    if seq is None and (path / 'config.json').is_file():
+        seq = _read_json(path / 'config.json').get('image_seq_length')
+    if seq is None:
+        raise BackendUnavailableError(
+            f'{path} gives no image_seq_length (processor_config.json or config.json); the '
+            'InternVL processor needs it to expand image tokens')
+    return image_cls(**kwargs), {'image_seq_length': int(seq)}
+
+
+# family -> (processor class, image processor builder, video placeholder patch size)
+_PIL_PROCESSORS: dict[str, tuple[str, Any, int]] = {
+    'qwen3_vl': ('Qwen3VLProcessor', _qwen_image_processor, 16),
+    'qwen2_5_vl': ('Qwen2_5_VLProcessor', _qwen_image_processor, 14),
+    'internvl': ('InternVLProcessor', _internvl_image_processor, 14),
+}
+
+
+def build_processor_without_torchvision(path: Path, family: str = families.DEFAULT_FAMILY
+                                        ) -> Any:
+    """
+    Build the family's processor from the checkpoint's files with a PIL/numpy image processor.
+
+    Uses the checkpoint's tokenizer, its ``preprocessor_config.json`` values and its chat
+    template (``qwen3vl-export.md`` section 1.3), with an images-only video processor:
+    ``Qwen3VLProcessor`` and ``Qwen2_5_VLProcessor`` with the Qwen2-VL image processor,
+    ``InternVLProcessor`` with the GotOcr2 tiling image processor.
+
+    :param family: Family name (``qwen3_vl``, ``qwen2_5_vl`` or ``internvl``).
+    """
+    from transformers import AutoTokenizer
+    if family not in _PIL_PROCESSORS:
+        raise BackendUnavailableError(
+            f'no torchvision-free processor for family {family!r} '
+            f'(available for {", ".join(_PIL_PROCESSORS)}); install torchvision')
+    processor_class, image_builder, patch_size = _PIL_PROCESSORS[family]
+    pre = _read_json(path / 'preprocessor_config.json')
+    image_processor, extra = image_builder(path, pre)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     template = read_chat_template(path) or getattr(tokenizer, 'chat_template', None)
-    video_cls, processor_cls = _fallback_classes()
+    video_cls, processor_cls = _fallback_classes(processor_class, patch_size)
     return processor_cls(image_processor=image_processor, tokenizer=tokenizer,
-                         video_processor=video_cls(), chat_template=template)
+                         video_processor=video_cls(), chat_template=template, **extra)
 
 
 def _torchvision_available() -> bool:
@@ -268,23 +395,50 @@ def apply_pixel_limits(image_processor: Any, min_pixels: int, max_pixels: int) -
     return dict(image_processor.size)
 
 
-def load_processor(path: Path, min_pixels: int = 0, max_pixels: int = 0) -> tuple[Any, str]:
+def _processor_family(path: Path, family: ModelFamily | str | None) -> ModelFamily:
+    """The given family; else ``path``'s ``config.json`` family; else Qwen3-VL (no config)."""
+    if isinstance(family, ModelFamily):
+        return family
+    if family is not None:
+        return families.family_by_name(family)
+    if (path / 'config.json').is_file():
+        return checkpoint_family(path)
+    return families.family_by_name(families.DEFAULT_FAMILY)
+
+
+def load_processor(path: Path, min_pixels: int = 0, max_pixels: int = 0,
+                   family: ModelFamily | str | None = None,
+                   trust_remote_code: bool = False) -> tuple[Any, str]:
     """
     Load the checkpoint's processor: ``AutoProcessor`` first, the no-torchvision build second.
 
+    :param family: The model family (None: ``path/config.json``'s, else Qwen3-VL). Native
+        families never run checkpoint code; a remote-code family needs ``trust_remote_code``
+        (that route is untested here).
+    :param min_pixels: Minimum image area (> 0 overrides; Qwen-VL families only).
+    :param max_pixels: Maximum image area (> 0 overrides; Qwen-VL families only).
     :returns: ``(processor, route)`` where route is ``'auto'`` or ``'pil-fallback'``.
-    :raises BackendUnavailableError: If no processor can be built or it has no chat template.
+    :raises BackendUnavailableError: If no processor can be built, it has no chat template, or
+        pixel limits are set for a family that tiles images to a fixed size.
     """
     import transformers
     tf: Any = transformers
+    fam = _processor_family(path, family)
+    require_trusted(path, fam, trust_remote_code)
+    if (min_pixels or max_pixels) and fam.name not in _PIXEL_LIMIT_FAMILIES:
+        raise BackendUnavailableError(
+            f'min_pixels/max_pixels ({min_pixels}/{max_pixels}) apply to Qwen-VL processors; '
+            f'{fam.name} resizes images to fixed tiles (preprocessor_config.json size), so set '
+            'both to 0')
     try:
-        processor, route = tf.AutoProcessor.from_pretrained(str(path), use_fast=True), 'auto'
+        processor, route = tf.AutoProcessor.from_pretrained(
+            str(path), use_fast=True, trust_remote_code=fam.remote_code), 'auto'
     except Exception as e:  # classified below
         if _torchvision_available() or 'torchvision' not in str(e).lower():
             raise BackendUnavailableError(
                 f'could not load the processor of {path} ({type(e).__name__}: {e})') from e
         try:
-            processor, route = build_processor_without_torchvision(path), 'pil-fallback'
+            processor, route = build_processor_without_torchvision(path, fam.name), 'pil-fallback'
         except BackendUnavailableError:
             raise
         except Exception as e2:  # any failure of the workaround
@@ -297,7 +451,9 @@ def load_processor(path: Path, min_pixels: int = 0, max_pixels: int = 0) -> tupl
         raise BackendUnavailableError(
             f'{path} has no chat template (chat_template.jinja, chat_template.json or '
             "tokenizer_config.json); the prompt is rendered with the checkpoint's own template")
-    limits = apply_pixel_limits(processor.image_processor, min_pixels, max_pixels)
+    limits: Any = getattr(processor.image_processor, 'size', None)
+    if fam.name in _PIXEL_LIMIT_FAMILIES:
+        limits = apply_pixel_limits(processor.image_processor, min_pixels, max_pixels)
     _LOG.debug('processor route %s: %s + %s, size %s', route, type(processor).__name__,
                type(processor.image_processor).__name__, limits)
     return processor, route
@@ -306,9 +462,27 @@ def load_processor(path: Path, min_pixels: int = 0, max_pixels: int = 0) -> tupl
 # ---------------------------------------------------------------- backend
 
 
+def text_hidden_size(config: Any, family: ModelFamily) -> int:
+    """
+    The language model's hidden size H (what the value head pools).
+
+    :raises BackendUnavailableError: If the family's text config has no ``hidden_size``.
+    """
+    text = getattr(config, family.text_config, None)
+    hidden = getattr(text, 'hidden_size', None)
+    if hidden is None:
+        raise BackendUnavailableError(
+            f'{family.name} config has no {family.text_config}.hidden_size; the value head '
+            'cannot be sized: set enable_value_head to false')
+    return int(hidden)
+
+
 class TransformersBackend(Backend):
     """
     ProcVLM on transformers: the reference every exported backend is compared against.
+
+    Serves every family of :mod:`families`; the value head and draft verification run where the
+    family's model has a text hidden size and a transformers forward (native families).
 
     :param config: Backend parameters (``model``, ``device``, ``dtype``, ``prompt_layout``,
         pixel limits, generation and value-head settings).
@@ -328,17 +502,18 @@ class TransformersBackend(Backend):
         self.processor_route = ''
         self.value_head_path: Path | None = None
         self.adapter_dir: Path | None = None
+        self.family: ModelFamily | None = None
         self._pad_id = DEFAULT_PAD_TOKEN_ID
         self._told_plain = False  # the "speculation off" reason is logged once
 
     @property
     def model(self) -> Any:
-        """The loaded ``Qwen3VLForConditionalGeneration`` (None before load/after close)."""
+        """The loaded model, e.g. ``Qwen3VLForConditionalGeneration`` (None when not loaded)."""
         return self._model
 
     @property
     def processor(self) -> Any:
-        """The loaded ``Qwen3VLProcessor`` (None before load/after close)."""
+        """The loaded processor, e.g. ``Qwen3VLProcessor`` (None when not loaded)."""
         return self._processor
 
     def _load(self) -> None:
@@ -359,28 +534,45 @@ class TransformersBackend(Backend):
                 f'{path} is a LoRA adapter, not a checkpoint: set model to its base '
                 f'({lora.base_model_of(path)}) and adapter to {path} '
                 '(procvlm-infer: --model_path ADAPTER --use_lora)')
-        read_model_config(path)
+        family = checkpoint_family(path)
+        require_trusted(path, family, cfg.trust_remote_code)
         adapter = Path(cfg.adapter).expanduser() if cfg.adapter else None
+        self._check_family_features(path, family, adapter)
         if adapter is not None:
             lora.read_adapter_config(adapter)  # fail before the weights load
         head_path = self._find_head(path, adapter)
         # The official loader reads the processor (pixel limits included) from the adapter.
         processor_dir = adapter if adapter is not None and (
             adapter / 'preprocessor_config.json').is_file() else path
-        processor, route = load_processor(processor_dir, cfg.min_pixels, cfg.max_pixels)
-        model = load_model(path, device, dtype, cfg.attn_implementation)
+        processor, route = load_processor(processor_dir, cfg.min_pixels, cfg.max_pixels,
+                                          family, cfg.trust_remote_code)
+        model = load_model(path, device, dtype, cfg.attn_implementation, family,
+                           cfg.trust_remote_code)
         if adapter is not None:
             model = lora.apply_adapter(model, adapter, base_dir=path).to(device)
         self.adapter_dir = adapter
         self._fill_generation_ids(model, processor)
         if head_path is not None:
-            hidden = int(model.config.text_config.hidden_size)
+            hidden = text_hidden_size(model.config, family)
             self._head = vh.load_value_head(head_path, hidden, device=device, dtype=dtype)
         self._model, self._processor, self._torch_dtype = model, processor, dtype
+        self.family = family
         self.device, self.model_dir, self.processor_route = device, path, route
         self.value_head_path = head_path
         _LOG.debug('loaded %s on %s (%s), processor %s, value head %s', path, device, dtype,
                    route, head_path)
+
+    def _check_family_features(self, path: Path, family: ModelFamily,
+                               adapter: Path | None) -> None:
+        """Refuse an adapter on a family other than Qwen3-VL, a head on remote code."""
+        if adapter is not None and family.name != families.DEFAULT_FAMILY:
+            raise BackendUnavailableError(
+                f'LoRA adapters are supported on {families.DEFAULT_FAMILY} checkpoints only; '
+                f'{path} is {family.name}')
+        if self._cfg.enable_value_head and family.model_class is None:
+            raise BackendUnavailableError(
+                f'the value head needs a transformers-native model; {path} is {family.name} '
+                '(remote code): set enable_value_head to false')
 
     def _find_head(self, path: Path, adapter: Path | None = None) -> Path | None:
         if not self._cfg.enable_value_head:
@@ -418,7 +610,7 @@ class TransformersBackend(Backend):
         self._require_loaded()
         text = self._processor.apply_chat_template(
             request.chat(self._cfg.prompt_layout), tokenize=False, add_generation_prompt=True)
-        return str(text[0] if isinstance(text, list) else text)
+        return str(text[0] if isinstance(text, list) else text) + request.assistant_prefix
 
     def prepare_inputs(self, request: GenerationRequest) -> dict[str, Any]:
         """Return the model inputs (on the model's device; floating tensors in its dtype)."""
@@ -475,6 +667,8 @@ class TransformersBackend(Backend):
         from procvlm_ros.core.backends import torch_speculation as ts
         cfg = self._cfg
         why = ts.plain_decoding_reason(self._model.generation_config, cfg.temperature)
+        if self.family is not None and self.family.model_class is None:
+            why = why or f'{self.family.name} runs remote model code; drafts are not verified'
         if cfg.speculation and why and not self._told_plain:
             _LOG.info('speculation off: %s', why)
             self._told_plain = True
