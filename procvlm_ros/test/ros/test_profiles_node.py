@@ -19,6 +19,7 @@ from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool, String
+from std_srvs.srv import Trigger
 from visualization_msgs.msg import ImageMarker
 
 BASE = {'backend': 'scripted', 'window_size': 2, 'sample_period_s': 0.0,
@@ -140,6 +141,14 @@ def test_navigation_publishes_actions_with_increasing_steps(probe, start_monitor
     # No progress values for a navigation model.
     assert not [m for m in progress if m.status == Progress.STATUS_OK]
     assert all(math.isnan(m.value) for m in progress)
+    # A new episode (~/reset) restarts the steps.
+    assert probe.call(Trigger, '/procvlm_monitor/reset', Trigger.Request()).success
+    n_before = len(actions)
+    _send(probe, pub, helpers, 2, start_s=200.0)
+    assert probe.spin_until(lambda: len(actions) > n_before, 20.0), monitor.log()
+    restarted = actions[n_before]
+    assert restarted.episode == first.episode + 1 and restarted.step == 0
+    assert len({(s.sec, s.nanosec) for s in restarted.frame_stamps}) == 1  # no old frames
     assert monitor.alive()
 
 
