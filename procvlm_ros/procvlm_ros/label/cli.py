@@ -27,6 +27,8 @@ from procvlm_ros.label.sources import discover
 from procvlm_ros.label.store import LabelStore
 
 _LOG = logging.getLogger('procvlm-label')
+# BackendConfig fields naming files or folders (``model`` may also be a hub id).
+_PATH_OPTIONS = ('model', 'adapter', 'engine_dir')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +101,12 @@ def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
             options[key] = json.loads(value)
         except json.JSONDecodeError:
             options[key] = value
+    for key in _PATH_OPTIONS:
+        # Ray workers run in another working directory (the cluster's; with ray:// usually
+        # another machine), so a relative path that exists here is made absolute for them.
+        value = options.get(key)
+        if isinstance(value, str) and value and Path(value).expanduser().exists():
+            options[key] = str(Path(value).expanduser().resolve())
     from procvlm_ros.core.config import BackendConfig
 
     BackendConfig(**options)  # refuse a bad option before any episode is scored

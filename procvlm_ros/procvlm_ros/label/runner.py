@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any
 
+from procvlm_ros.core.errors import ProcVlmError
 from procvlm_ros.label.score import LabelSettings
 from procvlm_ros.label.sources import EpisodeSpec
 from procvlm_ros.label.store import LabelStore
@@ -89,7 +90,18 @@ def run_ray(specs: list[EpisodeSpec], backend_options: dict[str, Any], settings:
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as exc:
+            # `ray start` clusters use token auth by default (Ray 2.60), and Ray sends the
+            # token to an explicit address (ray://..., RAY_ADDRESS) only when told to; without
+            # it Ray Client reports a bare 'connection timeout'.
+            raise ProcVlmError(
+                f'cannot join the Ray cluster at {address or "RAY_ADDRESS"}: {exc}. If it uses '
+                'token authentication, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or '
+                '~/.ray/auth_token) to its token') from exc
+    # Which cluster ran the job, as the cluster names itself (its GCS address).
+    cluster = ray.get_runtime_context().gcs_address
     remote = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=-1,
                         max_task_retries=-1)(Labeller)
     actors = [remote.remote(backend_options, settings, torch_threads)
@@ -133,4 +145,5 @@ def run_ray(specs: list[EpisodeSpec], backend_options: dict[str, Any], settings:
         stats = tally.close()
         for actor in actors:
             ray.kill(actor, no_restart=True)
-    return {**stats, 'failures': tally.failed, 'workers': len(actors), 'mode': 'ray'}
+    return {**stats, 'failures': tally.failed, 'workers': len(actors), 'mode': 'ray',
+            'cluster': cluster}
