@@ -205,7 +205,7 @@ class ExportedBackend(Backend):
         proc = s.processor
         text = proc.apply_chat_template(request.chat(self._cfg.prompt_layout), tokenize=False,
                                         add_generation_prompt=True)
-        text = str(text[0] if isinstance(text, list) else text)
+        text = str(text[0] if isinstance(text, list) else text) + request.assistant_prefix
         expanded = qin.expand_image_placeholders(text, proc.image_token, tokens)
         return np.asarray(proc.tokenizer(expanded)['input_ids'], dtype=np.int64)
 
