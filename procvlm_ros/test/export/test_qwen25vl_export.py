@@ -8,6 +8,7 @@ before any weights are read; manifests without ``model.family`` still read as Qw
 
 import json
 import os
+import shutil
 
 import numpy as np
 from PIL import Image
@@ -25,7 +26,7 @@ from procvlm_ros.core.config import BackendConfig  # noqa: E402
 from procvlm_ros.core.image import qwen_vl_pre_resize  # noqa: E402
 from procvlm_ros.export import cli  # noqa: E402
 from procvlm_ros.export.errors import ExportError  # noqa: E402
-from procvlm_ros.export.testing import tiny_export  # noqa: E402
+from procvlm_ros.export.testing import tiny_checkpoint, tiny_export  # noqa: E402
 
 pytestmark = pytest.mark.slow
 TASK = 'stack the blocks'
@@ -33,10 +34,46 @@ NEW_TOKENS = 12
 WINDOW_INPUTS = ['pixel_values', 'rope_pos', 'window_index', 'reverse_index', 'window_ids']
 
 
+def with_random_biases(src, dst, seed=11):
+    """
+    A copy of a checkpoint with random biases where the tiny model's are all zero: the language
+    model's q/k/v biases (Qwen2-style attention) and the vision blocks' biases, so they take
+    part in every comparison. The merger's stay zero: on the tiny random tower its output bias
+    would swamp the image features, and every window would give the same answer.
+    """
+    from safetensors.torch import load_file, save_file
+    import torch
+
+    if (dst / 'model.safetensors').is_file():
+        return dst
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    weights = load_file(str(src / 'model.safetensors'))
+    gen = torch.Generator().manual_seed(seed)
+    for name in sorted(weights):
+        if name.endswith(('q_proj.bias', 'k_proj.bias', 'v_proj.bias')):
+            scale = 0.2
+        elif name.endswith('.bias') and '.blocks.' in name:
+            scale = 0.02
+        else:
+            continue
+        weights[name] = torch.randn(weights[name].shape, generator=gen) * scale
+    save_file(weights, str(dst / 'model.safetensors'), metadata={'format': 'pt'})
+    return dst
+
+
 @pytest.fixture(scope='module')
 def q25(tmp_path_factory):
-    """``(checkpoint, export folder)`` of the tiny Qwen2.5-VL at 64x48 frames (built once)."""
-    return tiny_export(tmp_path_factory.getbasetemp() / 'procvlm-exports', family='qwen2_5_vl')
+    """``(checkpoint, export folder)``: tiny Qwen2.5-VL with random biases, 64x48 frames."""
+    from procvlm_ros.export.onnx_export import export_onnx, OnnxExportOptions
+
+    base = tmp_path_factory.getbasetemp() / 'procvlm-exports'
+    checkpoint = with_random_biases(tiny_checkpoint(base, 7, 'qwen2_5_vl'),
+                                    base / 'tiny-qwen2_5_vl-7-biases')
+    out = base / 'export-qwen2_5_vl-7-biases-fp32-64x48-f8'
+    if not (out / 'manifest.json').is_file():
+        export_onnx(OnnxExportOptions(model=str(checkpoint), out=out, image_size=(64, 48)),
+                    show_progress=False)
+    return checkpoint, out
 
 
 def config(backend, model, **kw):
