@@ -13,6 +13,12 @@ sized from the manifest limits the engine profiles were built from; decode steps
 token into pinned host memory, copy it asynchronously and reuse the bound addresses, so no
 buffer is allocated per token. Everything runs on torch's current CUDA stream.
 
+Model families: the engines' tensors are bound by the names of the export's graphs, which the
+buffers take from the manifest's ``model.family`` (:mod:`family_inputs`: Qwen3-VL's
+position-table taps and deepstack, Qwen2.5-VL's window layout and no deepstack), the same
+inputs the ONNX Runtime backend binds and the TensorRT profiles name. Qwen2.5-VL engines are
+as unverified as the rest of this module.
+
 tensorrt and torch are imported inside functions only.
 """
 
