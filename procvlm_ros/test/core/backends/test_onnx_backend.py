@@ -120,6 +120,25 @@ def test_tokens_timings_and_vision_cache_on_direct_requests(exported, reference)
         assert again.token_ids == reference.generate(request).token_ids
 
 
+def test_profile_messages_and_assistant_prefix_match_the_reference(exported, reference):
+    """A profile's own chat (system turn, text between images) and reply prefix, as rendered."""
+    frames = images(3, seed=2)
+    messages = [{'role': 'system', 'content': 'You navigate.'},
+                {'role': 'user', 'content': [
+                    {'type': 'text', 'text': 'Route: go left.\nPrevious:'},
+                    {'type': 'image', 'image': frames[0]}, {'type': 'image', 'image': frames[1]},
+                    {'type': 'text', 'text': '\nCurrent image:'},
+                    {'type': 'image', 'image': frames[2]}]}]
+    with ort(exported[1]) as backend:
+        for prefix in ('', 'Action: '):
+            request = GenerationRequest(frames, 'go left', messages=messages,
+                                        assistant_prefix=prefix)
+            want, got = reference.generate(request), backend.generate(request)
+            assert got.token_ids == want.token_ids and got.prompt_tokens == want.prompt_tokens
+        plain = backend.generate(GenerationRequest(frames, 'go left', messages=messages))
+        assert got.prompt_tokens > plain.prompt_tokens
+
+
 def test_chunked_prefill_gives_the_same_tokens(exported, reference, tmp_path):
     folder = variant(exported[1], tmp_path / 'chunked',
                      lambda d: d['limits'].update(prefill_chunk=16))
