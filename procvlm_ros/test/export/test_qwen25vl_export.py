@@ -155,7 +155,7 @@ def test_every_video_window_matches_the_reference_with_and_without_drafts(q25, t
     assert (stats['misses'], stats['hits']) == (10, 70)
 
 
-def test_direct_requests_with_odd_drafts_are_token_for_token(q25):
+def test_direct_requests_with_odd_drafts_and_chunked_prefill_are_token_for_token(q25, tmp_path):
     checkpoint, folder = q25
     frames = [qwen_vl_pre_resize(Image.fromarray(f), 14) for f in moving_frames(9, seed=3)]
     keys = [('ep', i) for i in range(9)]
@@ -181,6 +181,18 @@ def test_direct_requests_with_odd_drafts_are_token_for_token(q25):
         keyless = fast.generate(GenerationRequest(frames[1:9], TASK))
         assert keyless.timings['vision_frames_encoded'] == 8.0
         assert keyless.token_ids == answer
+    # Prefill in chunks of 16 tokens and verify passes of at most 16: same graphs, same answer.
+    chunked = tmp_path / 'chunked'
+    chunked.mkdir()
+    for p in folder.iterdir():
+        if p.name != 'manifest.json':
+            os.symlink(p, chunked / p.name)
+    data = json.loads((folder / 'manifest.json').read_text())
+    data['limits'].update(prefill_chunk=16, max_verify_tokens=16)
+    (chunked / 'manifest.json').write_text(json.dumps(data))
+    with create_backend(config('onnxruntime', chunked, speculation=True)) as backend:
+        got = backend.generate(GenerationRequest(frames[1:9], TASK, draft_token_ids=answer))
+    assert got.prompt_tokens > 3 * 16 and got.token_ids == answer
 
 
 @pytest.mark.parametrize('frames', [1, 3])
