@@ -257,6 +257,24 @@ def test_exporter_refuses_internvl_before_reading_weights(model_type, tmp_path, 
     assert not out.exists()
 
 
+def test_exporter_refuses_format_1_and_a_sliding_window_language_model(q25, tmp_path):
+    from procvlm_ros.export.onnx_export import export_onnx, OnnxExportOptions
+
+    checkpoint, _ = q25
+    out = tmp_path / 'out'
+    with pytest.raises(ExportError, match='Qwen3-VL compatibility format'):
+        export_onnx(OnnxExportOptions(model=str(checkpoint), out=out, format_version=1),
+                    show_progress=False)
+    sliding = tmp_path / 'sliding'
+    shutil.copytree(checkpoint, sliding)
+    cfg = json.loads((sliding / 'config.json').read_text())
+    cfg['text_config'].update(use_sliding_window=True, sliding_window=32, max_window_layers=0)
+    (sliding / 'config.json').write_text(json.dumps(cfg))
+    with pytest.raises(ExportError, match='sliding-window attention'):
+        export_onnx(OnnxExportOptions(model=str(sliding), out=out), show_progress=False)
+    assert not out.exists()
+
+
 def test_manifest_without_family_reads_and_serves_as_qwen3_vl(tmp_path, tmp_path_factory):
     from procvlm_ros.export.testing import write_fake_export
     from procvlm_ros.export.trt_build import profiles
