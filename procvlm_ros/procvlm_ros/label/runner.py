@@ -76,6 +76,29 @@ def run_local(specs: list[EpisodeSpec], labeller: Labeller,
     return {**stats, 'failures': tally.failed, 'workers': 1, 'mode': 'local'}
 
 
+def _join(ray: Any, address: str | None, tries: int = 3) -> None:
+    """``ray.init`` for an existing cluster, with the two ways joining fails here explained."""
+    for attempt in range(1, tries + 1):
+        try:
+            ray.init(address=address, log_to_driver=False)
+            return
+        except ConnectionAbortedError as exc:  # the server side answered, with a failure
+            # Ray Client's proxy starts a server process per client, and that start sometimes
+            # dies in fork() (ray-project/ray#63202, present in Ray 2.60; 2 of 8 connects on the
+            # loaded test machine): a new connection gets a new server.
+            if attempt == tries:
+                raise ProcVlmError(f'cannot join the Ray cluster at {address}: {exc}') from exc
+            _LOG.warning('joining %s failed (%s); retrying', address, str(exc).splitlines()[-1])
+        except ConnectionError as exc:
+            # `ray start` clusters use token auth by default (Ray 2.60), and Ray sends the
+            # token to an explicit address (ray://..., RAY_ADDRESS) only when told to; without
+            # it Ray Client reports a bare 'connection timeout'.
+            raise ProcVlmError(
+                f'cannot join the Ray cluster at {address or "RAY_ADDRESS"}: {exc}. If it uses '
+                'token authentication, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or '
+                '~/.ray/auth_token) to its token') from exc
+
+
 def run_ray(specs: list[EpisodeSpec], backend_options: dict[str, Any], settings: LabelSettings,
             handle: Callable[[Outcome], None], *, workers: int, address: str | None = None,
             cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
@@ -90,16 +113,7 @@ def run_ray(specs: list[EpisodeSpec], backend_options: dict[str, Any], settings:
     import ray
 
     if not ray.is_initialized():
-        try:
-            ray.init(address=address, log_to_driver=False)
-        except ConnectionError as exc:
-            # `ray start` clusters use token auth by default (Ray 2.60), and Ray sends the
-            # token to an explicit address (ray://..., RAY_ADDRESS) only when told to; without
-            # it Ray Client reports a bare 'connection timeout'.
-            raise ProcVlmError(
-                f'cannot join the Ray cluster at {address or "RAY_ADDRESS"}: {exc}. If it uses '
-                'token authentication, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or '
-                '~/.ray/auth_token) to its token') from exc
+        _join(ray, address)
     # Which cluster ran the job, as the cluster names itself (its GCS address).
     cluster = ray.get_runtime_context().gcs_address
     remote = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=-1,

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -161,7 +162,8 @@ def _label(head, args, cwd, **env):
                            '--workers', '2', *args], cwd=cwd, env=base, capture_output=True,
                           text=True, timeout=150, preexec_fn=_die_with_parent)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + _server_logs(head)
-    return time.monotonic() - start
+    print(f"{args[-1]}: {time.monotonic() - start:.1f} s, joined after "
+          f"{done.stderr.count('; retrying')} failed connect(s)")
 
 
 def _server_logs(head):
@@ -192,15 +194,35 @@ def test_ray_client_address(episodes, reference, head, tmp_path):
     driver.mkdir()
     (driver / 'model').symlink_to(CHECKPOINT_DIR)
     (driver / 'ds').symlink_to(episodes)
-    seconds = _label(head, ['--videos', 'ds', '--out', 'out', '--model', './model',
-                            '--ray-address', head['client']], driver)
+    _label(head, ['--videos', 'ds', '--out', 'out', '--model', './model', '--ray-address',
+                  head['client']], driver)
     _check(driver / 'out', reference, head)
-    print(f'ray:// run: {seconds:.1f} s')
 
 
 def test_auto_address(episodes, reference, head, tmp_path):
     out = tmp_path / 'out'
-    seconds = _label(head, ['--videos', str(episodes), '--out', str(out), '--ray-address',
-                            'auto'], tmp_path, RAY_ADDRESS=head['gcs'])
+    _label(head, ['--videos', str(episodes), '--out', str(out), '--ray-address', 'auto'],
+           tmp_path, RAY_ADDRESS=head['gcs'])
     _check(out, reference, head)
-    print(f'auto run: {seconds:.1f} s')
+
+
+def test_join_retries_a_lost_client_server_and_explains_auth():
+    from procvlm_ros.core.errors import ProcVlmError
+    from procvlm_ros.label.runner import _join
+
+    calls = []
+
+    def flaky(address, log_to_driver):
+        calls.append(address)
+        if len(calls) == 1:  # what Ray Client raises when the proxy's server start dies
+            raise ConnectionAbortedError('Initialization failure from server:\nRuntimeError: '
+                                         'Starting Ray client server failed.')
+
+    _join(SimpleNamespace(init=flaky), 'ray://head:10001')
+    assert calls == ['ray://head:10001'] * 2
+
+    def no_token(address, log_to_driver):
+        raise ConnectionError('ray client connection timeout')
+
+    with pytest.raises(ProcVlmError, match='RAY_AUTH_MODE=token'):
+        _join(SimpleNamespace(init=no_token), 'ray://head:10001')
