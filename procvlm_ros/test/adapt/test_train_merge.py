@@ -118,3 +118,44 @@ def test_merged_checkpoint_gives_the_same_tokens_on_every_window(setup, tmp_path
     ort = records(video, model_path='', backend='onnxruntime', engine_dir=str(folder))
     assert [r['model_output'] for r in ort] == [r['model_output'] for r in unmerged]
     assert adapt_main(['merge', '--adapter', str(adapter), '--out', str(merged)]) == 2
+
+
+def test_token_rows_and_augmentations_load_and_merge(setup, tmp_path):
+    # The demo preset's extras: trainable embedding rows of the answer tokens (tied lm_head)
+    # and the mirror/colour augmentations; loaded unmerged and merged, the same tokens.
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    base, root, _, video, _ = setup
+    adapter = tmp_path / 'tokens'
+    settings = replace(TINY, train_tokens='answers', augment='mirror,colour', value_head='off')
+    summary = train_adapter(base, [str(root / 'data')], adapter, settings, device='cpu',
+                            show_progress=False)
+    assert summary['trainable_tokens'] > 10
+    keys = load_file(str(adapter / 'adapter_model.safetensors')).keys()
+    assert any('trainable_tokens_delta' in k for k in keys)
+    merged = tmp_path / 'merged'
+    assert adapt_main(['merge', '--adapter', str(adapter), '--out', str(merged)]) == 0
+    unmerged = records(video, model_path=str(base), adapter=str(adapter))
+    plain = records(video, model_path=str(merged))
+    assert [r['model_output'] for r in plain] == [r['model_output'] for r in unmerged]
+
+
+def test_colour_augmentation_equals_permuting_the_image(tmp_path):
+    # Patch rows are channel-major: reordering their channel blocks is reordering the image's.
+    from PIL import Image
+
+    from procvlm_ros.adapt.train import permute_channels, prepare_sample
+    from procvlm_ros.core.backends.transformers_backend import load_processor
+    from procvlm_ros.demo_model import CHECKPOINT_DIR
+
+    processor, _ = load_processor(CHECKPOINT_DIR, 0, 0)
+    img = frames(1, 120, 160)[0]
+    img[60:, :80] = (30, 200, 90)
+    Image.fromarray(img).save(tmp_path / 'a.png')
+    Image.fromarray(img[:, :, [2, 0, 1]].copy()).save(tmp_path / 'b.png')
+    row = {'prompt': 'x', 'answer': '<progress>10%</progress>'}
+    a = prepare_sample(processor, dict(row, images=[str(tmp_path / 'a.png')]))
+    b = prepare_sample(processor, dict(row, images=[str(tmp_path / 'b.png')]))
+    assert bool((permute_channels(a.pixel_values, (2, 0, 1)) == b.pixel_values).all())
