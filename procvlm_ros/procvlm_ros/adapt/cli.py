@@ -48,6 +48,10 @@ def _add_dataset(sub: Any) -> None:
                    help='annotation directories (annotation.yaml) or files')
     p.add_argument('--out', required=True, help='new data directory')
     p.add_argument('--seed', type=int, default=0, help='seed of the sample/window draws')
+    p.add_argument('--labels', choices=('official', 'stall_aware'), default='official',
+                   help='progress labels: the official formula (default), or stall_aware: a '
+                        'frame whose pHash is unchanged adds nothing (labels stay flat through '
+                        'a pause)')
 
 
 def _add_train(sub: Any) -> None:
@@ -137,7 +141,7 @@ def serve(demo: Any, task: str, out: Path, source: str, topic: str,
 def dataset(args: argparse.Namespace) -> int:
     from procvlm_ros.adapt.dataset import build_dataset
 
-    meta = build_dataset(args.annotations, args.out, seed=args.seed)
+    meta = build_dataset(args.annotations, args.out, seed=args.seed, labels=args.labels)
     for d in meta['demonstrations']:
         print(f'{Path(d["source"]).name}: {d["kept_frames"]} frames, {d["samples"]} samples '
               f'({"done" if d["done"] else "not done"})')

@@ -67,8 +67,11 @@ class LabelledFrames:
     source_index: list[int]
 
 
+LABELS = ('official', 'stall_aware')
+
+
 def label_demonstration(annotation: ann.Annotation, demo: Demonstration,
-                        similarity: Any = None) -> LabelledFrames:
+                        similarity: Any = None, labels: str = 'official') -> LabelledFrames:
     """Assign sub-tasks to frames, drop ``/delete`` frames, compute labels and actions."""
     sub_tasks = ann.resolve_sub_tasks(annotation, demo.times_s)
     per_frame: list[str] = []
@@ -83,7 +86,9 @@ def label_demonstration(annotation: ann.Annotation, demo: Demonstration,
     images = [demo.frames[i] for i in keep]
     kept = [per_frame[i] for i in keep]
     kwargs = {} if similarity is None else {'similarity': similarity}
-    progress = progress_labels(images, kept, **kwargs)
+    if labels not in LABELS:
+        raise ConfigError(f'labels must be one of {LABELS}, got {labels!r}')
+    progress = progress_labels(images, kept, stall_aware=labels == 'stall_aware', **kwargs)
     if not annotation.done:
         progress = [p * annotation.success_cutoff for p in progress]
     return LabelledFrames(images, kept, progress, planned_actions(kept), keep)
@@ -153,7 +158,7 @@ def write_samples(out: Path, task: str, labelled: LabelledFrames, tag: str,
 
 
 def build_dataset(annotations: Sequence[str | Path], out: str | Path, *, seed: int = 0,
-                  similarity: Any = None) -> dict[str, Any]:
+                  similarity: Any = None, labels: str = 'official') -> dict[str, Any]:
     """
     Build the official one-shot data set from annotated demonstrations.
 
@@ -161,6 +166,7 @@ def build_dataset(annotations: Sequence[str | Path], out: str | Path, *, seed: i
     :param out: New or empty directory; gets ``qa_pairs.jsonl``, ``images/``, ``dataset.json``.
     :param seed: Seed of the sample and window draws.
     :param similarity: Image similarity for the labels (pHash similarity when None).
+    :param labels: ``official`` formula, or ``stall_aware`` (unchanged frames add nothing).
     :returns: The metadata written to ``dataset.json``.
     :raises FileExistsError: If ``out`` already holds a ``qa_pairs.jsonl``.
     :raises ConfigError: On a bad annotation, an empty demonstration or an unknown topic.
@@ -173,13 +179,14 @@ def build_dataset(annotations: Sequence[str | Path], out: str | Path, *, seed: i
     root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     rows: list[dict[str, Any]] = []
+    formula = ('official p() (pHash increments, segment weights, not-done cutoff)'
+               if labels == 'official' else 'stall-aware p() (unchanged pHash adds nothing)')
     meta: dict[str, Any] = {'format': 'procvlm one-shot qa_pairs', 'seed': seed,
-                            'label_formula': 'official p() (pHash increments, segment weights, '
-                                             'not-done cutoff)', 'demonstrations': []}
+                            'labels': labels, 'label_formula': formula, 'demonstrations': []}
     for item in annotations:
         a = ann.load(item)
         demo = read_demonstration(a.source_path(), a.image_topic)
-        labelled = label_demonstration(a, demo, similarity)
+        labelled = label_demonstration(a, demo, similarity, labels)
         tag = sample_tag(a, demo.path)
         new = write_samples(root, a.task, labelled, tag, rng, a.reason if a.done else '')
         rows.extend(new)

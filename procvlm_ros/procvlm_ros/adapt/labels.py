@@ -16,7 +16,8 @@ Reproduces ``evqa/tools/functions/progress.py`` ``p()`` and ``r()`` (ProcVLM at 
 - Not Done demonstrations are scaled by the success cutoff (in the annotator).
 
 Known weakness (documented, reproduced): a frozen scene still adds 0.5 per frame, so labels
-keep rising through a stall or a pause.
+keep rising through a stall or a pause. ``stall_aware=True`` (not official) lets a frame whose
+pHash equals the previous frame's add nothing, so the labels stay flat while nothing moves.
 
 pHash as ``imagehash.phash`` (hash size 8): greyscale, Lanczos resize to 32x32, 2-D DCT-II,
 the top-left 8x8 coefficients compared with their median; similarity ``1 - hamming / 64``.
@@ -85,23 +86,31 @@ def counted(description: str) -> bool:
     return bool(description) and description.lower() not in NOT_COUNTED
 
 
-def increments(images: Sequence[Any], similarity: Callable[[Any, Any], float]) -> list[float]:
-    """Official ``r()``: 0 for the first frame, then normalised ``1.5 - similarity``."""
+def increments(images: Sequence[Any], similarity: Callable[[Any, Any], float],
+               stall_aware: bool = False) -> list[float]:
+    """
+    Official ``r()``: 0 for the first frame, then normalised ``1.5 - similarity``.
+
+    :param stall_aware: An unchanged frame (similarity 1) adds 0 instead of 0.5 (not official).
+    """
     if len(images) == 1:
         return [0.0]
-    dphi = [1.5 - similarity(images[i - 1], images[i]) for i in range(1, len(images))]
+    sims = [similarity(images[i - 1], images[i]) for i in range(1, len(images))]
+    dphi = [0.0 if stall_aware and s >= 1.0 else 1.5 - s for s in sims]
     total = sum(dphi)
     return [0.0] + [d / total if total > 0 else 0.0 for d in dphi]
 
 
 def progress_labels(images: Sequence[Any], sub_tasks: Sequence[str], *,
-                    similarity: Callable[[Any, Any], float] = phash_similarity) -> list[float]:
+                    similarity: Callable[[Any, Any], float] = phash_similarity,
+                    stall_aware: bool = False) -> list[float]:
     """
     Official ``p()``: progress in [0, 1) per frame (1.0 only after the last counted segment).
 
     :param images: One image per frame (after ``/delete`` segments were removed).
     :param sub_tasks: The sub-task description of each frame.
     :param similarity: Image similarity in [0, 1]; pHash similarity as officially.
+    :param stall_aware: Unchanged frames add nothing (see :func:`increments`; not official).
     :raises ValueError: If there are no frames or the lengths differ.
     """
     if not images:
@@ -118,7 +127,7 @@ def progress_labels(images: Sequence[Any], sub_tasks: Sequence[str], *,
             dp.extend([0.0] * (e - s))
             continue
         weight = float(np.clip(k * (e - s) / t if t > 0 else 0.0, 0.75, 1.25))
-        dp.extend(weight * r for r in increments(images[s:e], similarity))
+        dp.extend(weight * r for r in increments(images[s:e], similarity, stall_aware))
     total = sum(dp)  # left to right like the partial sums: exactly 1.0 after the last
     out = [0.0]
     running = 0.0

@@ -86,3 +86,12 @@ def test_frames_after_the_last_stage_are_exactly_done():
     p = progress_labels([0] * 30, ['a'] * 7 + ['b'] * 11 + ['c'] * 5 + ['Done'] * 7,
                         similarity=lambda a, b: next(sims))
     assert p[23:] == [1.0] * 7 and p[22] < 1.0
+
+
+def test_stall_aware_labels_stay_flat_on_unchanged_frames():
+    # Same segment as above, similarities 1.0, 0.5, 0.9: officially dphi 0.5, 1.0, 0.6;
+    # stall-aware the unchanged frame adds 0 -> 0, 1.0, 0.6 (sum 1.6).
+    sims = iter([1.0, 0.5, 0.9])
+    p = progress_labels(list(range(4)) + [0] * 8, ['x'] * 4 + ['Not Done'] * 8,
+                        similarity=lambda a, b: next(sims), stall_aware=True)
+    assert p == pytest.approx([0.0, 0.0, 0.0, 1.0 / 1.6] + [1.0] * 8)
