@@ -29,6 +29,31 @@ import functools
 from typing import Any
 
 
+def rotate_half(x: Any) -> Any:
+    """The rotary helper: (x1, x2) -> (-x2, x1) over the last axis."""
+    import torch
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def frame_attention(attn: Any, x: Any, cos: Any, sin: Any, heads: int, head_dim: int,
+                    mask: Any = None) -> Any:
+    """A vision block's attention with frames as the batch axis; ``mask`` is additive."""
+    import torch
+    frames, patches, width = x.shape
+    qkv = attn.qkv(x).reshape(frames, patches, 3, heads, head_dim)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (F, heads, P, hd)
+    qf, kf = q.float(), k.float()
+    q = (qf * cos + rotate_half(qf) * sin).to(v.dtype)
+    k = (kf * cos + rotate_half(kf) * sin).to(v.dtype)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scaling  # (F, heads, P, P)
+    if mask is not None:
+        scores = scores.float() + mask
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+    out = torch.matmul(probs, v).transpose(1, 2).reshape(frames, patches, width)
+    return attn.proj(out)
+
+
 @functools.cache
 def wrapper_classes() -> tuple[type, type, type]:
     """
@@ -38,9 +63,7 @@ def wrapper_classes() -> tuple[type, type, type]:
     import torch
     from torch import nn
 
-    def rotate_half(x: Any) -> Any:
-        half = x.shape[-1] // 2
-        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
 
     class VisionForExport(nn.Module):
         """Per-frame pixels -> merged image embeddings and deepstack features."""
@@ -54,16 +77,7 @@ def wrapper_classes() -> tuple[type, type, type]:
             self.head_dim = int(cfg.hidden_size) // self.num_heads
 
         def _attention(self, attn: Any, x: Any, cos: Any, sin: Any) -> Any:
-            frames, patches, width = x.shape
-            qkv = attn.qkv(x).reshape(frames, patches, 3, self.num_heads, self.head_dim)
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (F, heads, P, hd)
-            qf, kf = q.float(), k.float()
-            q = (qf * cos + rotate_half(qf) * sin).to(v.dtype)
-            k = (kf * cos + rotate_half(kf) * sin).to(v.dtype)
-            scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scaling  # (F, heads, P, P)
-            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
-            out = torch.matmul(probs, v).transpose(1, 2).reshape(frames, patches, width)
-            return attn.proj(out)
+            return frame_attention(attn, x, cos, sin, self.num_heads, self.head_dim)
 
         def forward(self, pixel_values: Any, interp_indices: Any, interp_weights: Any,
                     rope_pos: Any) -> tuple[Any, Any]:
@@ -211,9 +225,6 @@ def qwen25_wrapper_classes() -> tuple[type, type]:
 
     _, decoder_cls, _ = wrapper_classes()
 
-    def rotate_half(x: Any) -> Any:
-        half = x.shape[-1] // 2
-        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
     class Qwen25VisionForExport(nn.Module):
         """
@@ -236,18 +247,7 @@ def qwen25_wrapper_classes() -> tuple[type, type]:
             self.unit = int(visual.spatial_merge_unit)
 
         def _attention(self, attn: Any, x: Any, cos: Any, sin: Any, mask: Any) -> Any:
-            frames, patches, width = x.shape
-            qkv = attn.qkv(x).reshape(frames, patches, 3, self.num_heads, self.head_dim)
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (F, heads, P, hd)
-            qf, kf = q.float(), k.float()
-            q = (qf * cos + rotate_half(qf) * sin).to(v.dtype)
-            k = (kf * cos + rotate_half(kf) * sin).to(v.dtype)
-            scores = torch.matmul(q, k.transpose(-1, -2)) * attn.scaling  # (F, heads, P, P)
-            if mask is not None:
-                scores = scores.float() + mask
-            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
-            out = torch.matmul(probs, v).transpose(1, 2).reshape(frames, patches, width)
-            return attn.proj(out)
+            return frame_attention(attn, x, cos, sin, self.num_heads, self.head_dim, mask)
 
         def forward(self, pixel_values: Any, rope_pos: Any, window_index: Any,
                     reverse_index: Any, window_ids: Any) -> Any:
