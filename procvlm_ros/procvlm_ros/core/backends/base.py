@@ -54,8 +54,9 @@ class GenerationRequest:
         """The messages to render: the profile's, else the ProcVLM query for ``task``."""
         if self.messages is not None:
             return list(self.messages)
-        from procvlm_ros.core.prompt import build_messages, build_prompt
-        return build_messages(list(self.images), build_prompt(self.task), layout=prompt_layout)
+        # Imported here: the profiles import this module.
+        from procvlm_ros.core.profiles.procvlm_progress import ProcVlmProgressProfile
+        return ProcVlmProgressProfile(prompt_layout).messages(self.images, self.task)
 
 
 @dataclass
