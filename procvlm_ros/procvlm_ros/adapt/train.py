@@ -300,9 +300,9 @@ def train_adapter(base: str | Path, data_dirs: list[str] | str, out: str | Path,
 
     from procvlm_ros.adapt.dataset import read_qa_pairs
     from procvlm_ros.core.backends import lora_adapter as lora
+    from procvlm_ros.core.backends.hf_processor import load_processor
     from procvlm_ros.core.backends.transformers_backend import (
         load_model,
-        load_processor,
         read_model_config,
         resolve_device,
         resolve_dtype,

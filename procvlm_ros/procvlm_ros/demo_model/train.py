@@ -285,7 +285,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     import torch
     from tqdm import tqdm
 
-    from procvlm_ros.core.backends.transformers_backend import load_processor
+    from procvlm_ros.core.backends.hf_processor import load_processor
 
     torch.set_num_threads(cfg.threads)
     torch.set_flush_denormal(True)  # denormal floats make CPU kernels many times slower

@@ -348,7 +348,8 @@ def export_onnx(opts: OnnxExportOptions, show_progress: bool = True) -> ExportMa
     """
     from tqdm import tqdm
 
-    from procvlm_ros.core.backends.transformers_backend import load_model, load_processor
+    from procvlm_ros.core.backends.hf_processor import load_processor
+    from procvlm_ros.core.backends.transformers_backend import load_model
     steps = tqdm(total=6, desc='procvlm-export onnx', unit='step', disable=not show_progress)
 
     def step(text: str) -> None:

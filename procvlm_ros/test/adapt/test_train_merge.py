@@ -147,7 +147,7 @@ def test_colour_augmentation_equals_permuting_the_image(tmp_path):
     from PIL import Image
 
     from procvlm_ros.adapt.train import permute_channels, prepare_sample
-    from procvlm_ros.core.backends.transformers_backend import load_processor
+    from procvlm_ros.core.backends.hf_processor import load_processor
     from procvlm_ros.demo_model import CHECKPOINT_DIR
 
     processor, _ = load_processor(CHECKPOINT_DIR, 0, 0)

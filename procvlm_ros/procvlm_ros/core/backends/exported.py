@@ -106,7 +106,7 @@ class ExportedBackend(Backend):
         family = family_inputs(manifest.family, manifest.model)
         runtime = self._open_runtime(manifest)  # cheapest refusals first (files, engines)
         try:
-            from procvlm_ros.core.backends.transformers_backend import load_processor
+            from procvlm_ros.core.backends.hf_processor import load_processor
             processor, _ = load_processor(manifest.folder, cfg.min_pixels, cfg.max_pixels)
             cache = VisionCache(dims.cache_frames, dims.tokens_per_frame)
             cache.hits, cache.misses = self._stats_cache.hits, self._stats_cache.misses

@@ -88,3 +88,17 @@ def family_for_config(config: dict[str, object], where: str = 'checkpoint') -> M
     raise BackendUnavailableError(
         f'{where} holds a model of type {found!r}; supported model types: {supported} '
         '(Qwen3-VL e.g. ce-amtic/ProcVLM-2B, Qwen2.5-VL, InternVL)')
+
+
+def require_trusted(path: object, family: ModelFamily, trust_remote_code: bool) -> None:
+    """
+    Refuse a family whose checkpoints carry their own Python code unless it is trusted.
+
+    :raises BackendUnavailableError: If ``family.remote_code`` and not ``trust_remote_code``.
+    """
+    if family.remote_code and not trust_remote_code:
+        raise BackendUnavailableError(
+            f'{path} is a remote-code checkpoint (model_type {family.name!r}, e.g. VLAC-2B): '
+            'loading it runs the Python files shipped with the checkpoint. Set '
+            'trust_remote_code to true only after reading that code, or convert the checkpoint '
+            "to transformers' native InternVL format (model_type 'internvl')")
