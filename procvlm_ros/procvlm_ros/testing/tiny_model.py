@@ -150,26 +150,27 @@ def rope_config(theta: float, mrope: dict[str, Any]) -> dict[str, Any]:
     return {'rope_theta': theta, 'rope_scaling': {'rope_type': 'default', **mrope}}
 
 
-def tiny_config_dict() -> dict[str, Any]:
-    """The keyword arguments of the tiny ``Qwen3VLConfig`` for the installed transformers."""
-    text = dict(TEXT_SIZES, **rope_config(ROPE_THETA, MROPE))
+def _qwen_vl_config(text_sizes: dict[str, Any], theta: float, mrope: dict[str, Any],
+                    vision_sizes: dict[str, Any]) -> dict[str, Any]:
+    """Config kwargs shared by the Qwen-VL families: sizes, RoPE and the vision token ids."""
     return {
-        'text_config': text, 'vision_config': dict(VISION_SIZES),
+        'text_config': dict(text_sizes, **rope_config(theta, mrope)),
+        'vision_config': dict(vision_sizes),
         'image_token_id': 151655, 'video_token_id': 151656,
         'vision_start_token_id': 151652, 'vision_end_token_id': 151653,
         'tie_word_embeddings': False,
     }
+
+
+def tiny_config_dict() -> dict[str, Any]:
+    """The keyword arguments of the tiny ``Qwen3VLConfig`` for the installed transformers."""
+    return _qwen_vl_config(TEXT_SIZES, ROPE_THETA, MROPE, VISION_SIZES)
 
 
 def tiny_qwen2_5_vl_config_dict() -> dict[str, Any]:
     """The keyword arguments of the tiny ``Qwen2_5_VLConfig`` for the installed transformers."""
-    text = dict(QWEN2_5_VL_TEXT_SIZES, **rope_config(QWEN2_5_VL_ROPE_THETA, QWEN2_5_VL_MROPE))
-    return {
-        'text_config': text, 'vision_config': dict(QWEN2_5_VL_VISION_SIZES),
-        'image_token_id': 151655, 'video_token_id': 151656,
-        'vision_start_token_id': 151652, 'vision_end_token_id': 151653,
-        'tie_word_embeddings': False,
-    }
+    return _qwen_vl_config(QWEN2_5_VL_TEXT_SIZES, QWEN2_5_VL_ROPE_THETA, QWEN2_5_VL_MROPE,
+                           QWEN2_5_VL_VISION_SIZES)
 
 
 def internvl_image_token_id() -> int:

@@ -17,6 +17,7 @@ from procvlm_ros.core.types import Frame
 from procvlm_ros.media.rosbag import write_image_bag
 from procvlm_ros.media.video import read_video_frames, write_video
 from procvlm_ros.offline import infer_progress_from_video
+from procvlm_ros.testing.helpers import moving_frames
 from procvlm_ros.testing.tiny_model import build_tiny_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -27,15 +28,6 @@ OFFICIAL_KEYS = ['video_path', 'task', 'sample_index', 'frame_index', 'timestamp
                  'reasoning', 'model_output']
 
 
-def moving_frames(n=20, h=48, w=64):
-    frames = []
-    for i in range(n):
-        img = np.full((h, w, 3), 40 + 9 * i, np.uint8)
-        img[10:30, 2 + 2 * i:14 + 2 * i] = (250, 30, 30)
-        frames.append(img)
-    return frames
-
-
 @pytest.fixture(scope='module')
 def model_dir(tmp_path_factory):
     return build_tiny_checkpoint(tmp_path_factory.mktemp('ckpt') / 'tiny', seed=3)
@@ -43,7 +35,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def video(tmp_path_factory):
-    return write_video(tmp_path_factory.mktemp('vid') / 'clip.mp4', moving_frames(), fps=10.0)
+    return write_video(tmp_path_factory.mktemp('vid') / 'clip.mp4', moving_frames(20), fps=10.0)
 
 
 def run_cli(*args):

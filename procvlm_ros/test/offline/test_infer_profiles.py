@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from procvlm_ros.cli import infer
@@ -12,6 +11,7 @@ from procvlm_ros.core.config import ProfileConfig
 from procvlm_ros.core.errors import ConfigError
 from procvlm_ros.media.video import write_video
 from procvlm_ros.offline import infer_progress_from_video
+from procvlm_ros.testing.helpers import moving_frames
 from procvlm_ros.testing.tiny_model import build_tiny_checkpoint
 
 TASK = 'stack the blocks'
@@ -25,18 +25,9 @@ QUERY_KEYS = ['video_path', 'task', 'sample_index', 'frame_index', 'timestamp_se
               'model_output']
 
 
-def moving_frames(n=6, h=48, w=64):
-    frames = []
-    for i in range(n):
-        img = np.full((h, w, 3), 40 + 9 * i, np.uint8)
-        img[10:30, 2 + 2 * i:14 + 2 * i] = (250, 30, 30)
-        frames.append(img)
-    return frames
-
-
 @pytest.fixture(scope='module')
 def video(tmp_path_factory):
-    return write_video(tmp_path_factory.mktemp('vid') / 'clip.mp4', moving_frames(), fps=5.0)
+    return write_video(tmp_path_factory.mktemp('vid') / 'clip.mp4', moving_frames(6), fps=5.0)
 
 
 def scripted(video, tmp_path, profile, answers, *extra):

@@ -24,6 +24,7 @@ from procvlm_ros.core.backends.transformers_backend import (
 )
 from procvlm_ros.core.config import BackendConfig
 from procvlm_ros.core.errors import BackendUnavailableError
+from procvlm_ros.testing.helpers import link_copy
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
@@ -311,21 +312,10 @@ def test_value_head_runs_on_the_family(ckpts, family, monkeypatch):
 # ---------------------------------------------------------------- errors naming the problem
 
 
-def _link_copy(src, dst, skip=()):
-    dst.mkdir(parents=True)
-    for path in src.rglob('*'):
-        rel = path.relative_to(src)
-        if path.is_dir() or str(rel) in skip:
-            continue
-        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        (dst / rel).symlink_to(path)
-    return dst
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize('family', FAMILIES)
 def test_missing_weights_are_refused(ckpts, family, tmp_path):
-    bare = _link_copy(ckpts[family], tmp_path / 'bare', skip={'model.safetensors'})
+    bare = link_copy(ckpts[family], tmp_path / 'bare', skip={'model.safetensors'})
     with pytest.raises(BackendUnavailableError, match=r'could not load the weights.*missing'):
         TransformersBackend(_config(bare)).load()
 

@@ -26,6 +26,7 @@ from procvlm_ros.core.backends.transformers_backend import (  # noqa: E402
 )
 from procvlm_ros.core.config import BackendConfig  # noqa: E402
 from procvlm_ros.core.errors import BackendError, BackendUnavailableError  # noqa: E402
+from procvlm_ros.testing.helpers import link_copy  # noqa: E402
 from procvlm_ros.testing.tiny_model import build_tiny_checkpoint  # noqa: E402
 
 TASK = 'fold the red T-shirt'
@@ -108,18 +109,6 @@ def independent_inputs(ckpt, images, layout):
     return {'input_ids': ids, 'attention_mask': torch.ones_like(ids),
             'mm_token_type_ids': (ids == IMAGE_PAD_ID).long(),
             'pixel_values': vis['pixel_values'], 'image_grid_thw': vis['image_grid_thw']}
-
-
-def link_copy(src, dst, skip=()):
-    """Copy a checkpoint dir as symlinks (cheap), leaving out the relative paths in skip."""
-    dst.mkdir(parents=True)
-    for path in src.rglob('*'):
-        rel = path.relative_to(src)
-        if path.is_dir() or str(rel) in skip:
-            continue
-        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        (dst / rel).symlink_to(path)
-    return dst
 
 
 def script_generation(backend, monkeypatch, answer):
