@@ -52,6 +52,19 @@ def _add_dataset(sub: Any) -> None:
                    help='progress labels: the official formula (default), or stall_aware: a '
                         'frame whose pHash is unchanged adds nothing (labels stay flat through '
                         'a pause)')
+    p.add_argument('--windows', choices=('official', 'monitor'), default='official',
+                   help='images per sample: the official variety (default: the frame alone '
+                        'or 5-17 consecutive frames), or monitor: the window the monitor '
+                        'feeds (--window_size frames, --sample_period_s apart, first frame '
+                        'repeated at the start)')
+    p.add_argument('--window_size', type=int, default=8, help='monitor windows: frames')
+    p.add_argument('--draws', type=int, default=1,
+                   help='official windows: samples per frame, each with its own window draw '
+                        '(1 = official)')
+    p.add_argument('--sample_period_s', type=float, default=0.0,
+                   help="monitor windows: spacing of their frames in seconds (the node's "
+                        'sample_period_s; 0 = consecutive frames, as offline scoring of a '
+                        'video of <= 512 frames)')
 
 
 def _add_train(sub: Any) -> None:
@@ -141,7 +154,9 @@ def serve(demo: Any, task: str, out: Path, source: str, topic: str,
 def dataset(args: argparse.Namespace) -> int:
     from procvlm_ros.adapt.dataset import build_dataset
 
-    meta = build_dataset(args.annotations, args.out, seed=args.seed, labels=args.labels)
+    meta = build_dataset(args.annotations, args.out, seed=args.seed, labels=args.labels,
+                         windows=args.windows, window_size=args.window_size,
+                         sample_period_s=args.sample_period_s, draws=args.draws)
     for d in meta['demonstrations']:
         print(f'{Path(d["source"]).name}: {d["kept_frames"]} frames, {d["samples"]} samples '
               f'({"done" if d["done"] else "not done"})')

@@ -20,7 +20,9 @@ Reproduces ``finalize_and_exit`` of the official annotator (``evqa/one-shot/anno
 Deliberate differences: the random draws come from a seeded generator (same inputs, same data
 set), and the tag is ``<video stem>_<number from the annotation's content>`` instead of the
 wall-clock milliseconds, so rebuilding gives the same paths. ``dataset.json`` beside the rows
-records the inputs, labels and counts.
+records the inputs, labels and counts. Options beyond the official builder (off by default):
+``labels='stall_aware'``, ``windows='monitor'`` (the windows the node feeds) and ``draws``
+(several window draws per sample).
 """
 
 from __future__ import annotations
@@ -65,9 +67,11 @@ class LabelledFrames:
     progress: list[float]
     planned: list[list[str]]
     source_index: list[int]
+    times_s: list[float]
 
 
 LABELS = ('official', 'stall_aware')
+WINDOWS = ('official', 'monitor')
 
 
 def label_demonstration(annotation: ann.Annotation, demo: Demonstration,
@@ -91,7 +95,8 @@ def label_demonstration(annotation: ann.Annotation, demo: Demonstration,
     progress = progress_labels(images, kept, stall_aware=labels == 'stall_aware', **kwargs)
     if not annotation.done:
         progress = [p * annotation.success_cutoff for p in progress]
-    return LabelledFrames(images, kept, progress, planned_actions(kept), keep)
+    return LabelledFrames(images, kept, progress, planned_actions(kept), keep,
+                          [demo.times_s[i] for i in keep])
 
 
 def sample_history(rng: random.Random, current: int) -> list[int]:
@@ -100,6 +105,27 @@ def sample_history(rng: random.Random, current: int) -> list[int]:
         return [current]
     n = rng.randint(MIN_HISTORY, MAX_HISTORY)
     return list(range(max(0, current - n), current + 1))
+
+
+def monitor_history(times_s: Sequence[float], current: int, window_size: int = 8,
+                    sample_period_s: float = 0.0) -> list[int]:
+    """
+    The window the monitor feeds at ``current``: ``window_size`` frames, oldest first.
+
+    Each earlier slot holds the newest frame at least ``sample_period_s`` older than the slot
+    after it (0: the previous frame), so frames sit as far apart as in the node's buffer (or
+    the offline path's, period 0); before the first frame the first frame repeats, as in the
+    official front padding.
+    """
+    picked = [current]
+    for _ in range(max(1, int(window_size)) - 1):
+        last = picked[-1]
+        j = last - 1
+        if sample_period_s > 0:
+            while j >= 0 and times_s[last] - times_s[j] < sample_period_s - 1e-9:
+                j -= 1
+        picked.append(max(j, 0))
+    return picked[::-1]
 
 
 def answer_text(progress: float, actions: Sequence[str], reason: str = '') -> str:
@@ -122,8 +148,17 @@ def sample_tag(annotation: ann.Annotation, source: Path) -> str:
 
 
 def write_samples(out: Path, task: str, labelled: LabelledFrames, tag: str,
-                  rng: random.Random, reason: str = '') -> list[dict[str, Any]]:
-    """Write the images of one demonstration and return its ``qa_pairs`` rows."""
+                  rng: random.Random, reason: str = '', windows: str = 'official',
+                  window_size: int = 8, sample_period_s: float = 0.0,
+                  draws: int = 1) -> list[dict[str, Any]]:
+    """
+    Write the images of one demonstration and return its ``qa_pairs`` rows.
+
+    ``windows``: ``official`` draws the official variety (1 or 5-17 consecutive frames);
+    ``monitor`` gives every sample the window inference builds (:func:`monitor_history`).
+    ``draws`` > 1 (official windows only) writes each sample that many times, each with its
+    own window draw (1 = official).
+    """
     image_root = out / 'images' / task[:15].replace(' ', '_') / tag
     image_root.mkdir(parents=True, exist_ok=True)
     prompt = build_prompt(task)
@@ -146,8 +181,10 @@ def write_samples(out: Path, task: str, labelled: LabelledFrames, tag: str,
         done = progress[i] >= 1
         if not done and not labelled.planned[i]:
             continue  # unfinished without a remaining action: dropped officially
-        for _ in range(FINISHED_REPEAT if done else 1):
-            history = sample_history(rng, i)
+        copies = (FINISHED_REPEAT if done else 1) * (draws if windows == 'official' else 1)
+        for _ in range(copies):
+            history = sample_history(rng, i) if windows == 'official' else monitor_history(
+                labelled.times_s, i, window_size, sample_period_s)
             rows.append({
                 'image': [image_path(j) for j in history],
                 'conversations': [
@@ -158,7 +195,9 @@ def write_samples(out: Path, task: str, labelled: LabelledFrames, tag: str,
 
 
 def build_dataset(annotations: Sequence[str | Path], out: str | Path, *, seed: int = 0,
-                  similarity: Any = None, labels: str = 'official') -> dict[str, Any]:
+                  similarity: Any = None, labels: str = 'official', windows: str = 'official',
+                  window_size: int = 8, sample_period_s: float = 0.0,
+                  draws: int = 1) -> dict[str, Any]:
     """
     Build the official one-shot data set from annotated demonstrations.
 
@@ -167,12 +206,19 @@ def build_dataset(annotations: Sequence[str | Path], out: str | Path, *, seed: i
     :param seed: Seed of the sample and window draws.
     :param similarity: Image similarity for the labels (pHash similarity when None).
     :param labels: ``official`` formula, or ``stall_aware`` (unchanged frames add nothing).
+    :param windows: ``official`` window variety, or ``monitor``: the ``window_size``-frame
+        windows inference feeds, frames ``sample_period_s`` apart (0: consecutive frames).
     :returns: The metadata written to ``dataset.json``.
     :raises FileExistsError: If ``out`` already holds a ``qa_pairs.jsonl``.
     :raises ConfigError: On a bad annotation, an empty demonstration or an unknown topic.
     """
     if not annotations:
         raise ConfigError('give at least one annotated demonstration')
+    if windows not in WINDOWS:
+        raise ConfigError(f'windows must be one of {WINDOWS}, got {windows!r}')
+    if window_size < 1 or not sample_period_s >= 0 or draws < 1:
+        raise ConfigError(f'window_size and draws must be >= 1 and sample_period_s >= 0, got '
+                          f'{window_size}, {draws} and {sample_period_s}')
     root = Path(out)
     if (root / QA_NAME).exists():
         raise FileExistsError(f'{root / QA_NAME} exists; choose a new output directory')
@@ -182,13 +228,17 @@ def build_dataset(annotations: Sequence[str | Path], out: str | Path, *, seed: i
     formula = ('official p() (pHash increments, segment weights, not-done cutoff)'
                if labels == 'official' else 'stall-aware p() (unchanged pHash adds nothing)')
     meta: dict[str, Any] = {'format': 'procvlm one-shot qa_pairs', 'seed': seed,
-                            'labels': labels, 'label_formula': formula, 'demonstrations': []}
+                            'labels': labels, 'label_formula': formula,
+                            'windows': windows, 'draws': draws, 'demonstrations': []}
+    if windows == 'monitor':
+        meta.update(window_size=window_size, sample_period_s=sample_period_s)
     for item in annotations:
         a = ann.load(item)
         demo = read_demonstration(a.source_path(), a.image_topic)
         labelled = label_demonstration(a, demo, similarity, labels)
         tag = sample_tag(a, demo.path)
-        new = write_samples(root, a.task, labelled, tag, rng, a.reason if a.done else '')
+        new = write_samples(root, a.task, labelled, tag, rng, a.reason if a.done else '',
+                            windows, window_size, sample_period_s, draws)
         rows.extend(new)
         meta['demonstrations'].append({
             'annotation': str(a.origin), 'source': str(demo.path), 'topic': demo.topic,

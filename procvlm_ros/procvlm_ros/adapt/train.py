@@ -57,7 +57,7 @@ class TrainSettings:
 
     rank: int = 64
     alpha: float = 128.0
-    targets: str = ','.join(TARGETS)  # language-model module names (comma-separated)
+    targets: str = ','.join(TARGETS)  # module names or dotted suffixes (comma-separated)
     dropout: float = 0.05
     lr: float = 1e-5
     epochs: float = 3.0
@@ -489,7 +489,8 @@ def _targets(settings: TrainSettings) -> list[str]:
     names = [t.strip() for t in settings.targets.split(',') if t.strip()]
     if not names:
         raise ConfigError('targets is empty')
-    # Only the language model: Qwen3-VL's vision blocks name theirs qkv/proj/linear_fc*.
+    # Bare names hit the language model only (Qwen3-VL's vision blocks name theirs
+    # attn.qkv / attn.proj / mlp.linear_fc*); dotted suffixes such as attn.qkv reach them.
     return names
 
 

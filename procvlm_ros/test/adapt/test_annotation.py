@@ -12,6 +12,7 @@ from procvlm_ros.adapt.cli import main as adapt_main
 from procvlm_ros.adapt.dataset import (
     answer_text,
     build_dataset,
+    monitor_history,
     read_qa_pairs,
     sample_history,
 )
@@ -181,6 +182,66 @@ def test_cli_reports_overlaps(tmp_path, video, capsys):
                        '--stages', str(stages)]) == 2
     assert 'stages overlap' in capsys.readouterr().err
     assert not Path(tmp_path / 'o' / 'annotation.yaml').exists()
+
+
+def test_monitor_windows_are_the_windows_inference_builds():
+    from procvlm_ros.core.sampling import window_positions
+
+    times = [i * 0.5 for i in range(30)]
+    for i in range(30):  # period 0: exactly the offline/official inference windows
+        assert monitor_history(times, i) == window_positions(i, 8)
+    # The node keeps frames >= sample_period_s apart: 1 s at 2 fps is every other frame.
+    assert monitor_history(times, 20, 8, 1.0) == [6, 8, 10, 12, 14, 16, 18, 20]
+    assert monitor_history(times, 3, 4, 1.0) == [0, 0, 1, 3]
+    # Uneven stamps: each slot takes the newest frame at least a period older.
+    jitter = [0.0, 0.4, 0.9, 1.0, 1.45, 2.2, 2.3]
+    assert monitor_history(jitter, 6, 3, 1.0) == [0, 3, 6]
+    assert monitor_history(times, 5, 1) == [5]
+
+
+def test_dataset_with_monitor_windows(tmp_path, video, capsys):
+    a = ann.from_dict({'task': TASK, 'done': True, 'source': str(video),
+                       'stages': [['reach', 3], ['pull', 7]]})
+    ann.save(a, tmp_path / 'a.yaml')
+    assert adapt_main(['dataset', str(tmp_path / 'a.yaml'), '--out', str(tmp_path / 'd'),
+                       '--windows', 'monitor', '--sample_period_s', '1.0',
+                       '--window_size', '4']) == 0
+    meta = json.loads((tmp_path / 'd' / 'dataset.json').read_text())
+    assert (meta['windows'], meta['window_size'], meta['sample_period_s']) == ('monitor', 4, 1.0)
+    rows = [json.loads(line) for line in
+            (tmp_path / 'd' / 'qa_pairs.jsonl').read_text().splitlines()]
+    assert len(rows) == 8 + 4 * 3  # the same samples as the official variety
+    for row in rows:
+        frames_of = [int(Path(rel).stem) for rel in row['image']]
+        assert len(frames_of) == 4
+        current = frames_of[-1]  # the video is 2 fps: 1 s is two frames
+        assert frames_of == [max(current - 2 * k, 0) for k in (3, 2, 1, 0)]
+        assert row['conversations'][0]['value'] == '<image>\n' * 4 + build_prompt(TASK)
+    for bad, message in ((['--windows', 'monitor', '--window_size', '0'], 'window_size'),
+                         (['--sample_period_s', '-1'], 'sample_period_s')):
+        assert adapt_main(['dataset', str(tmp_path / 'a.yaml'), '--out',
+                           str(tmp_path / 'bad'), *bad]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_more_window_draws_per_frame(tmp_path, video):
+    a = ann.from_dict({'task': TASK, 'done': True, 'source': str(video),
+                       'stages': [['reach', 3], ['pull', 7]]})
+    ann.save(a, tmp_path / 'a.yaml')
+    one = build_dataset([tmp_path / 'a.yaml'], tmp_path / 'one')
+    three = build_dataset([tmp_path / 'a.yaml'], tmp_path / 'three', draws=3)
+    assert (one['samples'], three['samples']) == (8 + 4 * 3, 3 * (8 + 4 * 3))
+    rows = [json.loads(line) for line in
+            (tmp_path / 'three' / 'qa_pairs.jsonl').read_text().splitlines()]
+    by_answer_and_frame = {}
+    for row in rows:
+        key = (row['conversations'][1]['value'], row['image'][-1])
+        by_answer_and_frame.setdefault(key, []).append(len(row['image']))
+    assert all(len(v) % 3 == 0 for v in by_answer_and_frame.values())
+    # independent draws: some frame gets windows of different lengths
+    assert any(len(set(v)) > 1 for v in by_answer_and_frame.values())
+    with pytest.raises(ConfigError, match='draws'):
+        build_dataset([tmp_path / 'a.yaml'], tmp_path / 'zero', draws=0)
 
 
 def test_window_variety_and_answers():

@@ -157,6 +157,11 @@ def test_bad_adapters_are_refused_with_a_reason(dirs, tmp_path):
     (wrong_targets / 'adapter_config.json').write_text(json.dumps(cfg))
     with pytest.raises(BackendUnavailableError, match='gate_projx'):
         backend(base, wrong_targets)
+    # peft also takes dotted suffixes ('self_attn.q_proj'); a suffix of a name is not one
+    cfg['target_modules'] = ['self_attn.q_proj', 'attn.k_proj']
+    (wrong_targets / 'adapter_config.json').write_text(json.dumps(cfg))
+    with pytest.raises(BackendUnavailableError, match=r"\['attn.k_proj'\]"):
+        backend(base, wrong_targets)
 
     # An adapter trained (per its fingerprint) on another base with the same shapes.
     other = build_tiny_checkpoint(root / 'other', seed=11)

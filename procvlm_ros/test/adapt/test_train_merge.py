@@ -142,6 +142,34 @@ def test_token_rows_and_augmentations_load_and_merge(setup, tmp_path):
     assert [r['model_output'] for r in plain] == [r['model_output'] for r in unmerged]
 
 
+def test_vision_tower_targets_train_load_and_merge(setup, tmp_path):
+    # Dotted peft targets reach the vision blocks (attn.qkv / attn.proj; linear_fc* also hit
+    # the mergers) but not patch_embed.proj, a Conv3d; loaded unmerged and merged, same tokens.
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    base, root, _, video, _ = setup
+    adapter = tmp_path / 'vision'
+    settings = replace(TINY, targets='q_proj,v_proj,attn.qkv,attn.proj,linear_fc1,linear_fc2',
+                       value_head='off', lr=5e-2)
+    train_adapter(base, [str(root / 'data')], adapter, settings, device='cpu',
+                  show_progress=False)
+    keys = list(load_file(str(adapter / 'adapter_model.safetensors')))
+    assert any('visual.blocks.0.attn.qkv.lora_A' in k for k in keys)
+    assert any('visual.merger.linear_fc1.lora_A' in k for k in keys)
+    assert not any('patch_embed' in k for k in keys)
+    merged = tmp_path / 'merged'
+    assert adapt_main(['merge', '--adapter', str(adapter), '--out', str(merged)]) == 0
+    before = load_file(str(base / 'model.safetensors'))
+    after = load_file(str(merged / 'model.safetensors'))
+    qkv = [k for k in before if k.endswith('visual.blocks.0.attn.qkv.weight')]
+    assert len(qkv) == 1 and not np.allclose(before[qkv[0]].numpy(), after[qkv[0]].numpy())
+    unmerged = records(video, model_path=str(base), adapter=str(adapter))
+    plain = records(video, model_path=str(merged))
+    assert [r['model_output'] for r in plain] == [r['model_output'] for r in unmerged]
+
+
 def test_colour_augmentation_equals_permuting_the_image(tmp_path):
     # Patch rows are channel-major: reordering their channel blocks is reordering the image's.
     from PIL import Image

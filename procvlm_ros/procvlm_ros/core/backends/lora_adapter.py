@@ -166,8 +166,9 @@ def check_adapter_fits(model: Any, adapter_cfg: dict[str, Any], state: dict[str,
     targets = adapter_cfg.get('target_modules') or []
     if isinstance(targets, str):
         targets = [targets]
-    suffixes = {name.rsplit('.', 1)[-1] for name in modules}
-    unknown = sorted(t for t in targets if t not in suffixes and t not in modules)
+    # peft's rule: a target names a module exactly or is a dotted suffix of its name
+    unknown = sorted(t for t in targets
+                     if not any(n == t or n.endswith('.' + t) for n in modules))
     if unknown and not isinstance(adapter_cfg.get('target_modules'), str):
         raise BackendUnavailableError(
             f'adapter {adapter_dir} targets modules {unknown} that the base model does not have; '
