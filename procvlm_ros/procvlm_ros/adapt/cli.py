@@ -152,11 +152,11 @@ def serve(demo: Any, task: str, out: Path, source: str, topic: str,
 
 
 def dataset(args: argparse.Namespace) -> int:
-    from procvlm_ros.adapt.dataset import build_dataset
+    from procvlm_ros.adapt.dataset import build_dataset, WindowPlan
 
+    windows = WindowPlan(args.windows, args.window_size, args.sample_period_s, args.draws)
     meta = build_dataset(args.annotations, args.out, seed=args.seed, labels=args.labels,
-                         windows=args.windows, window_size=args.window_size,
-                         sample_period_s=args.sample_period_s, draws=args.draws)
+                         windows=windows)
     for d in meta['demonstrations']:
         print(f'{Path(d["source"]).name}: {d["kept_frames"]} frames, {d["samples"]} samples '
               f'({"done" if d["done"] else "not done"})')

@@ -21,8 +21,8 @@ Deliberate differences: the random draws come from a seeded generator (same inpu
 set), and the tag is ``<video stem>_<number from the annotation's content>`` instead of the
 wall-clock milliseconds, so rebuilding gives the same paths. ``dataset.json`` beside the rows
 records the inputs, labels and counts. Options beyond the official builder (off by default):
-``labels='stall_aware'``, ``windows='monitor'`` (the windows the node feeds) and ``draws``
-(several window draws per sample).
+``labels='stall_aware'`` and a :class:`WindowPlan` with the windows the node feeds or several
+window draws per sample.
 """
 
 from __future__ import annotations
@@ -128,6 +128,42 @@ def monitor_history(times_s: Sequence[float], current: int, window_size: int = 8
     return picked[::-1]
 
 
+@dataclass(frozen=True)
+class WindowPlan:
+    """
+    Which frames each sample shows: ``official`` draws the official variety (1 or 5-17
+    consecutive frames), ``draws`` times per sample (1 = official); ``monitor`` gives each
+    sample the window inference builds (:func:`monitor_history`: ``size`` frames
+    ``period_s`` apart).
+    """
+
+    kind: str = 'official'
+    size: int = 8
+    period_s: float = 0.0
+    draws: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in WINDOWS:
+            raise ConfigError(f'windows must be one of {WINDOWS}, got {self.kind!r}')
+        if self.size < 1 or not self.period_s >= 0 or self.draws < 1:
+            raise ConfigError(f'window_size and draws must be >= 1 and sample_period_s >= 0, '
+                              f'got {self.size}, {self.draws} and {self.period_s}')
+
+    def copies(self, done: bool) -> int:
+        """Rows per sample (finished frames are repeated officially)."""
+        return (FINISHED_REPEAT if done else 1) * (self.draws if self.kind == 'official' else 1)
+
+    def history(self, rng: random.Random, times_s: Sequence[float], current: int) -> list[int]:
+        if self.kind == 'official':
+            return sample_history(rng, current)
+        return monitor_history(times_s, current, self.size, self.period_s)
+
+    def describe(self) -> dict[str, Any]:
+        if self.kind == 'official':
+            return {'windows': self.kind, 'draws': self.draws}
+        return {'windows': self.kind, 'window_size': self.size, 'sample_period_s': self.period_s}
+
+
 def answer_text(progress: float, actions: Sequence[str], reason: str = '') -> str:
     """The official answer for a frame (finished when progress >= 1)."""
     if progress >= 1:
@@ -148,17 +184,10 @@ def sample_tag(annotation: ann.Annotation, source: Path) -> str:
 
 
 def write_samples(out: Path, task: str, labelled: LabelledFrames, tag: str,
-                  rng: random.Random, reason: str = '', windows: str = 'official',
-                  window_size: int = 8, sample_period_s: float = 0.0,
-                  draws: int = 1) -> list[dict[str, Any]]:
-    """
-    Write the images of one demonstration and return its ``qa_pairs`` rows.
-
-    ``windows``: ``official`` draws the official variety (1 or 5-17 consecutive frames);
-    ``monitor`` gives every sample the window inference builds (:func:`monitor_history`).
-    ``draws`` > 1 (official windows only) writes each sample that many times, each with its
-    own window draw (1 = official).
-    """
+                  rng: random.Random, reason: str = '',
+                  windows: WindowPlan | None = None) -> list[dict[str, Any]]:
+    """Write the images of one demonstration and return its ``qa_pairs`` rows."""
+    windows = windows or WindowPlan()
     image_root = out / 'images' / task[:15].replace(' ', '_') / tag
     image_root.mkdir(parents=True, exist_ok=True)
     prompt = build_prompt(task)
@@ -181,10 +210,8 @@ def write_samples(out: Path, task: str, labelled: LabelledFrames, tag: str,
         done = progress[i] >= 1
         if not done and not labelled.planned[i]:
             continue  # unfinished without a remaining action: dropped officially
-        copies = (FINISHED_REPEAT if done else 1) * (draws if windows == 'official' else 1)
-        for _ in range(copies):
-            history = sample_history(rng, i) if windows == 'official' else monitor_history(
-                labelled.times_s, i, window_size, sample_period_s)
+        for _ in range(windows.copies(done)):
+            history = windows.history(rng, labelled.times_s, i)
             rows.append({
                 'image': [image_path(j) for j in history],
                 'conversations': [
@@ -195,9 +222,8 @@ def write_samples(out: Path, task: str, labelled: LabelledFrames, tag: str,
 
 
 def build_dataset(annotations: Sequence[str | Path], out: str | Path, *, seed: int = 0,
-                  similarity: Any = None, labels: str = 'official', windows: str = 'official',
-                  window_size: int = 8, sample_period_s: float = 0.0,
-                  draws: int = 1) -> dict[str, Any]:
+                  similarity: Any = None, labels: str = 'official',
+                  windows: WindowPlan | None = None) -> dict[str, Any]:
     """
     Build the official one-shot data set from annotated demonstrations.
 
@@ -206,19 +232,14 @@ def build_dataset(annotations: Sequence[str | Path], out: str | Path, *, seed: i
     :param seed: Seed of the sample and window draws.
     :param similarity: Image similarity for the labels (pHash similarity when None).
     :param labels: ``official`` formula, or ``stall_aware`` (unchanged frames add nothing).
-    :param windows: ``official`` window variety, or ``monitor``: the ``window_size``-frame
-        windows inference feeds, frames ``sample_period_s`` apart (0: consecutive frames).
+    :param windows: The images of each sample (:class:`WindowPlan`; None: official).
     :returns: The metadata written to ``dataset.json``.
     :raises FileExistsError: If ``out`` already holds a ``qa_pairs.jsonl``.
     :raises ConfigError: On a bad annotation, an empty demonstration or an unknown topic.
     """
     if not annotations:
         raise ConfigError('give at least one annotated demonstration')
-    if windows not in WINDOWS:
-        raise ConfigError(f'windows must be one of {WINDOWS}, got {windows!r}')
-    if window_size < 1 or not sample_period_s >= 0 or draws < 1:
-        raise ConfigError(f'window_size and draws must be >= 1 and sample_period_s >= 0, got '
-                          f'{window_size}, {draws} and {sample_period_s}')
+    windows = windows or WindowPlan()
     root = Path(out)
     if (root / QA_NAME).exists():
         raise FileExistsError(f'{root / QA_NAME} exists; choose a new output directory')
@@ -229,16 +250,14 @@ def build_dataset(annotations: Sequence[str | Path], out: str | Path, *, seed: i
                if labels == 'official' else 'stall-aware p() (unchanged pHash adds nothing)')
     meta: dict[str, Any] = {'format': 'procvlm one-shot qa_pairs', 'seed': seed,
                             'labels': labels, 'label_formula': formula,
-                            'windows': windows, 'draws': draws, 'demonstrations': []}
-    if windows == 'monitor':
-        meta.update(window_size=window_size, sample_period_s=sample_period_s)
+                            **windows.describe(), 'demonstrations': []}
     for item in annotations:
         a = ann.load(item)
         demo = read_demonstration(a.source_path(), a.image_topic)
         labelled = label_demonstration(a, demo, similarity, labels)
         tag = sample_tag(a, demo.path)
         new = write_samples(root, a.task, labelled, tag, rng, a.reason if a.done else '',
-                            windows, window_size, sample_period_s, draws)
+                            windows)
         rows.extend(new)
         meta['demonstrations'].append({
             'annotation': str(a.origin), 'source': str(demo.path), 'topic': demo.topic,

@@ -15,6 +15,7 @@ from procvlm_ros.adapt.dataset import (
     monitor_history,
     read_qa_pairs,
     sample_history,
+    WindowPlan,
 )
 from procvlm_ros.core.errors import ConfigError
 from procvlm_ros.core.prompt import build_prompt
@@ -229,7 +230,7 @@ def test_more_window_draws_per_frame(tmp_path, video):
                        'stages': [['reach', 3], ['pull', 7]]})
     ann.save(a, tmp_path / 'a.yaml')
     one = build_dataset([tmp_path / 'a.yaml'], tmp_path / 'one')
-    three = build_dataset([tmp_path / 'a.yaml'], tmp_path / 'three', draws=3)
+    three = build_dataset([tmp_path / 'a.yaml'], tmp_path / 'three', windows=WindowPlan(draws=3))
     assert (one['samples'], three['samples']) == (8 + 4 * 3, 3 * (8 + 4 * 3))
     rows = [json.loads(line) for line in
             (tmp_path / 'three' / 'qa_pairs.jsonl').read_text().splitlines()]
@@ -241,7 +242,7 @@ def test_more_window_draws_per_frame(tmp_path, video):
     # independent draws: some frame gets windows of different lengths
     assert any(len(set(v)) > 1 for v in by_answer_and_frame.values())
     with pytest.raises(ConfigError, match='draws'):
-        build_dataset([tmp_path / 'a.yaml'], tmp_path / 'zero', draws=0)
+        build_dataset([tmp_path / 'a.yaml'], tmp_path / 'zero', windows=WindowPlan(draws=0))
 
 
 def test_window_variety_and_answers():
