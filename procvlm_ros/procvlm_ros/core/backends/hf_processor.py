@@ -9,13 +9,13 @@ transformers is imported inside functions only.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from procvlm_ros.core.backends import families
 from procvlm_ros.core.backends.families import ModelFamily, require_trusted
+from procvlm_ros.core.backends.json_files import read_json_object
 from procvlm_ros.core.errors import BackendUnavailableError
 
 _LOG = logging.getLogger(__name__)
@@ -29,22 +29,12 @@ _TILE_PROCESSOR_KEYS = ('do_resize', 'do_rescale', 'rescale_factor', 'do_normali
 _PIXEL_LIMIT_FAMILIES = ('qwen3_vl', 'qwen2_5_vl')  # processors with min/max pixel limits
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding='utf-8'))
-    except (OSError, ValueError) as e:
-        raise BackendUnavailableError(f'cannot read {path}: {e}') from e
-    if not isinstance(data, dict):
-        raise BackendUnavailableError(f'{path} does not hold a JSON object')
-    return data
-
-
 def read_chat_template(path: Path) -> str | None:
     """Return the checkpoint's processor chat template (``.jinja`` or ``.json``), if any."""
     if (path / 'chat_template.jinja').is_file():
         return (path / 'chat_template.jinja').read_text(encoding='utf-8')
     if (path / 'chat_template.json').is_file():
-        template = _read_json(path / 'chat_template.json').get('chat_template')
+        template = read_json_object(path / 'chat_template.json').get('chat_template')
         return template if isinstance(template, str) else None
     return None
 
@@ -109,9 +99,9 @@ def _internvl_image_processor(path: Path, pre: dict[str, Any]) -> tuple[Any, dic
     kwargs = {k: pre[k] for k in _TILE_PROCESSOR_KEYS if k in pre}
     seq = None
     if (path / 'processor_config.json').is_file():
-        seq = _read_json(path / 'processor_config.json').get('image_seq_length')
+        seq = read_json_object(path / 'processor_config.json').get('image_seq_length')
     if seq is None and (path / 'config.json').is_file():
-        seq = _read_json(path / 'config.json').get('image_seq_length')
+        seq = read_json_object(path / 'config.json').get('image_seq_length')
     if seq is None:
         raise BackendUnavailableError(
             f'{path} gives no image_seq_length (processor_config.json or config.json); the '
@@ -145,7 +135,7 @@ def build_processor_without_torchvision(path: Path, family: str = families.DEFAU
             f'no torchvision-free processor for family {family!r} '
             f'(available for {", ".join(_PIL_PROCESSORS)}); install torchvision')
     processor_class, image_builder, patch_size = _PIL_PROCESSORS[family]
-    pre = _read_json(path / 'preprocessor_config.json')
+    pre = read_json_object(path / 'preprocessor_config.json')
     image_processor, extra = image_builder(path, pre)
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     template = read_chat_template(path) or getattr(tokenizer, 'chat_template', None)

@@ -25,6 +25,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from procvlm_ros.core.backends.json_files import read_json_object
 from procvlm_ros.core.errors import BackendUnavailableError
 
 _LOG = logging.getLogger(__name__)
@@ -58,12 +59,7 @@ def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
         raise BackendUnavailableError(
             f'{path} is not a LoRA adapter: {ADAPTER_CONFIG} is missing (a peft adapter saved '
             'by procvlm-adapt train or the official lora_oneshot.sh has one)')
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding='utf-8'))
-    except (OSError, ValueError) as e:
-        raise BackendUnavailableError(f'{cfg_path} is not valid JSON: {e}') from e
-    if not isinstance(cfg, dict):
-        raise BackendUnavailableError(f'{cfg_path} does not hold a JSON object')
+    cfg = read_json_object(cfg_path)
     peft_type = str(cfg.get('peft_type', '')).upper()
     if peft_type != 'LORA':
         raise BackendUnavailableError(

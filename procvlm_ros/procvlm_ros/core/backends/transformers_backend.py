@@ -20,7 +20,6 @@ torch and transformers are imported inside functions only.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 from pathlib import Path
@@ -33,6 +32,7 @@ from procvlm_ros.core.backends import value_head as vh
 from procvlm_ros.core.backends.base import Backend, GenerationRequest, GenerationResult
 from procvlm_ros.core.backends.families import ModelFamily, require_trusted
 from procvlm_ros.core.backends.hf_processor import load_processor
+from procvlm_ros.core.backends.json_files import read_json_object
 from procvlm_ros.core.config import BackendConfig
 from procvlm_ros.core.errors import BackendError, BackendUnavailableError
 
@@ -114,13 +114,7 @@ def _read_config_json(path: Path) -> dict[str, Any]:
     if not cfg_path.is_file():
         raise BackendUnavailableError(
             f'{path} is not a transformers checkpoint: config.json is missing')
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding='utf-8'))
-    except (OSError, ValueError) as e:
-        raise BackendUnavailableError(f'{cfg_path} is not valid JSON: {e}') from e
-    if not isinstance(cfg, dict):
-        raise BackendUnavailableError(f'{cfg_path} does not hold a JSON object')
-    return cfg
+    return read_json_object(cfg_path)
 
 
 def _family_of(path: Path, cfg: dict[str, Any]) -> ModelFamily:
