@@ -8,12 +8,17 @@ from pathlib import Path
 import numpy as np
 
 
-def moving_frames(n: int, h: int = 48, w: int = 64) -> list[np.ndarray]:
-    """``n`` RGB frames: a red block sliding right over a background that brightens."""
+def moving_frames(n: int, h: int = 48, w: int = 64, *, background: int = 40,
+                  brighten: int = 9, speed: int = 2, top: int = 10,
+                  colour: tuple[int, int, int] = (250, 30, 30)) -> list[np.ndarray]:
+    """
+    ``n`` RGB frames: a 20-pixel-high block of ``colour`` sliding right by ``speed`` pixels a
+    frame over a grey background that brightens by ``brighten`` a frame.
+    """
     frames = []
     for i in range(n):
-        img = np.full((h, w, 3), 40 + 9 * i, np.uint8)
-        img[10:30, 2 + 2 * i:14 + 2 * i] = (250, 30, 30)
+        img = np.full((h, w, 3), background + brighten * i, np.uint8)
+        img[top:top + 20, 2 + speed * i:14 + speed * i] = colour
         frames.append(img)
     return frames
 

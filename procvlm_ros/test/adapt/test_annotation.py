@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
@@ -22,6 +21,7 @@ from procvlm_ros.core.prompt import build_prompt
 from procvlm_ros.core.types import Frame
 from procvlm_ros.media.rosbag import write_image_bag
 from procvlm_ros.media.video import write_video
+from procvlm_ros.testing.helpers import moving_frames
 
 TASK = 'open the drawer'
 TIMES = [i * 0.5 for i in range(10)]  # 10 frames at 2 fps
@@ -85,12 +85,7 @@ def test_round_trip_yaml_and_json(tmp_path):
 
 
 def frames(n=12, h=48, w=64):
-    out = []
-    for i in range(n):
-        img = np.full((h, w, 3), 60, np.uint8)
-        img[10:30, 2 + 4 * i:14 + 4 * i] = (250, 30, 30)  # a block moving right
-        out.append(img)
-    return out
+    return moving_frames(n, h, w, background=60, brighten=0, speed=4)
 
 
 @pytest.fixture

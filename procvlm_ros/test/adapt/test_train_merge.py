@@ -11,6 +11,7 @@ from procvlm_ros.adapt.train import PRESETS, train_adapter, TrainSettings
 from procvlm_ros.core.backends import lora_adapter as lora
 from procvlm_ros.media.video import write_video
 from procvlm_ros.offline import infer_progress_from_video
+from procvlm_ros.testing.helpers import moving_frames
 from procvlm_ros.testing.tiny_model import build_tiny_checkpoint
 
 pytest.importorskip('peft')
@@ -22,12 +23,7 @@ TINY = TrainSettings(rank=4, alpha=8.0, dropout=0.0, lr=5e-3, steps=3, batch_siz
 
 
 def frames(n=10, h=48, w=64):
-    out = []
-    for i in range(n):
-        img = np.full((h, w, 3), 60 + 10 * i, np.uint8)
-        img[10:30, 2 + 4 * i:14 + 4 * i] = (250, 30, 30)
-        out.append(img)
-    return out
+    return moving_frames(n, h, w, background=60, brighten=10, speed=4)
 
 
 @pytest.fixture(scope='module')

@@ -7,7 +7,6 @@ before any weights are read; manifests without ``model.family`` still read as Qw
 """
 
 import json
-import os
 import shutil
 
 import numpy as np
@@ -27,6 +26,7 @@ from procvlm_ros.core.image import qwen_vl_pre_resize  # noqa: E402
 from procvlm_ros.export import cli  # noqa: E402
 from procvlm_ros.export.errors import ExportError  # noqa: E402
 from procvlm_ros.export.testing import tiny_checkpoint, tiny_export  # noqa: E402
+from procvlm_ros.testing.helpers import link_copy  # noqa: E402
 
 pytestmark = pytest.mark.slow
 TASK = 'stack the blocks'
@@ -182,11 +182,7 @@ def test_direct_requests_with_odd_drafts_and_chunked_prefill_are_token_for_token
         assert keyless.timings['vision_frames_encoded'] == 8.0
         assert keyless.token_ids == answer
     # Prefill in chunks of 16 tokens and verify passes of at most 16: same graphs, same answer.
-    chunked = tmp_path / 'chunked'
-    chunked.mkdir()
-    for p in folder.iterdir():
-        if p.name != 'manifest.json':
-            os.symlink(p, chunked / p.name)
+    chunked = link_copy(folder, tmp_path / 'chunked', skip={'manifest.json'})
     data = json.loads((folder / 'manifest.json').read_text())
     data['limits'].update(prefill_chunk=16, max_verify_tokens=16)
     (chunked / 'manifest.json').write_text(json.dumps(data))
@@ -286,11 +282,7 @@ def test_manifest_without_family_reads_and_serves_as_qwen3_vl(tmp_path, tmp_path
     # A real Qwen3-VL export with model.family removed (as written before Qwen2.5-VL support).
     _, folder = tiny_export(tmp_path_factory.getbasetemp() / 'procvlm-exports')
     assert ExportManifest.read(folder).family == 'qwen3_vl'
-    old = tmp_path / 'old'
-    old.mkdir()
-    for p in folder.iterdir():
-        if p.name != 'manifest.json':
-            os.symlink(p, old / p.name)
+    old = link_copy(folder, tmp_path / 'old', skip={'manifest.json'})
     data = json.loads((folder / 'manifest.json').read_text())
     del data['model']['family']
     (old / 'manifest.json').write_text(json.dumps(data))

@@ -16,6 +16,7 @@ from procvlm_ros.core.estimator import ProgressEstimator
 from procvlm_ros.core.image import qwen_vl_pre_resize
 from procvlm_ros.core.types import Frame, Status
 from procvlm_ros.export.testing import tiny_export
+from procvlm_ros.testing import helpers
 
 pytestmark = pytest.mark.slow
 TASK = 'stack the blocks'
@@ -23,12 +24,8 @@ NEW_TOKENS = 12
 
 
 def moving_frames(n=10, h=48, w=64):
-    frames = []
-    for i in range(n):
-        img = np.full((h, w, 3), 30 + 11 * i, np.uint8)
-        img[8:28, 2 + 3 * i:14 + 3 * i] = (240, 40, 30)
-        frames.append(img)
-    return frames
+    return helpers.moving_frames(n, h, w, background=30, brighten=11, speed=3, top=8,
+                                 colour=(240, 40, 30))
 
 
 def images(n, seed=0, h=48, w=64):
