@@ -17,7 +17,8 @@ Not in the official recipe (off by default): ``train_tokens answers`` makes the 
 embedding rows of every token in the training answers trainable (peft
 ``trainable_token_indices``; a tied ``lm_head`` shares the rows, so the adapter can learn to
 write tokens the base never produced), and ``augment mirror,colour`` draws left-right flipped
-images (prepared once) and RGB channel orders per sample (only for processors with the same
+images and RGB channel orders per sample, with the side and hue words of the prompt and answer
+changed to match (``adapt/augment.py``; channel orders only for processors with the same
 mean/std on every channel).
 
 Inputs are built the way inference builds them (images pre-resized like qwen-vl-utils with
@@ -40,13 +41,21 @@ import re
 import time
 from typing import Any
 
+from procvlm_ros.adapt.augment import (
+    check_channel_symmetry,
+    IDENTITY,
+    parse_augments,
+    permute_channels,
+    random_channel_order,
+    rename_hues,
+    swap_sides,
+)
 from procvlm_ros.core.errors import ConfigError
 
 _LOG = logging.getLogger(__name__)
 LOG_NAME = 'training_log.jsonl'
 TARGETS = ('q_proj', 'k_proj', 'v_proj', 'o_proj')
 TRAIN_TOKENS = ('none', 'answers')
-AUGMENTS = ('mirror', 'colour')
 EMBEDDING = 'embed_tokens'  # the language model's input embedding (tied to lm_head or not)
 _PROGRESS = re.compile(r'<progress>\s*([+-]?\d+(?:\.\d+)?)\s*%?\s*</progress>', re.IGNORECASE)
 
@@ -128,9 +137,7 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
         raise ConfigError(f'value_head must be auto, on or off, got {s.value_head!r}')
     if s.train_tokens not in TRAIN_TOKENS:
         raise ConfigError(f'train_tokens must be one of {TRAIN_TOKENS}, got {s.train_tokens!r}')
-    unknown = sorted(set(_augments(s)) - set(AUGMENTS))
-    if unknown:
-        raise ConfigError(f'unknown augment {unknown}; choose from {AUGMENTS}')
+    parse_augments(s.augment)
     return s
 
 
@@ -197,15 +204,47 @@ def prepare_sample(processor: Any, row: dict[str, Any], patch_size: int = 14,
                     progress=answer_progress(row['answer']))
 
 
-def permute_channels(pixel_values: Any, order: tuple[int, ...]) -> Any:
+class SampleStore:
     """
-    Reorder the RGB channels of Qwen-VL patch rows (``C x T x P x P`` each, channel-major).
+    The prepared samples, their mirrored copies (``mirror``) and, made on first use, the
+    variants whose hue words are renamed for a channel order (``colour``). A renamed variant
+    is re-tokenised but shares the pixels of the sample it renames (``collate`` reorders the
+    channels), so memory grows only by token lists.
+    """
 
-    Equal to permuting the image's channels before the processor when its normalisation mean
-    and std are the same for the three channels (checked by the caller).
-    """
-    n, width = pixel_values.shape
-    return pixel_values.reshape(n, 3, width // 3)[:, list(order)].reshape(n, width)
+    def __init__(self, processor: Any, rows: list[dict[str, Any]], *, mirror: bool,
+                 show_progress: bool) -> None:
+        from tqdm import tqdm
+
+        self.processor = processor
+        self.rows = rows
+        self.samples = [prepare_sample(processor, r) for r in tqdm(
+            rows, desc='Preparing samples', unit='sample', disable=not show_progress)]
+        self.mirrored = [prepare_sample(processor, _mirrored_row(r), mirror=True) for r in tqdm(
+            rows, desc='Mirrored samples', unit='sample', disable=not show_progress)
+        ] if mirror else None
+        self._renamed: dict[tuple[int, bool, tuple[int, ...]], Prepared] = {}
+
+    def variant(self, index: int, mirror: bool, order: tuple[int, ...]) -> Prepared:
+        """Sample ``index`` (mirrored or not) with its text renamed for channel ``order``."""
+        source = self.mirrored[index] if mirror and self.mirrored else self.samples[index]
+        if tuple(order) == IDENTITY:
+            return source
+        key = (index, source is not self.samples[index], tuple(order))
+        if key not in self._renamed:
+            row = _mirrored_row(self.rows[index]) if key[1] else self.rows[index]
+            renamed = {**row, 'prompt': rename_hues(row['prompt'], order),
+                       'answer': rename_hues(row['answer'], order)}
+            if renamed == row:
+                self._renamed[key] = source
+            else:
+                text = prepare_sample(self.processor, renamed, mirror=key[1])
+                self._renamed[key] = replace(text, pixel_values=source.pixel_values)
+        return self._renamed[key]
+
+
+def _mirrored_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, 'prompt': swap_sides(row['prompt']), 'answer': swap_sides(row['answer'])}
 
 
 def collate(items: list[Prepared], pad_id: int, device: str, dtype: Any,
@@ -329,14 +368,12 @@ def train_adapter(base: str | Path, data_dirs: list[str] | str, out: str | Path,
     processor, _ = load_processor(base_dir, settings.min_pixels, settings.max_pixels)
     model = load_model(base_dir, dev, torch_dtype, 'sdpa')
     model.config.use_cache = False
-    augments = _augments(settings)
-    samples = [prepare_sample(processor, r) for r in tqdm(
-        rows, desc='Preparing samples', unit='sample', disable=not show_progress)]
-    mirrored = [prepare_sample(processor, r, mirror=True) for r in tqdm(
-        rows, desc='Mirrored samples', unit='sample', disable=not show_progress)
-    ] if 'mirror' in augments else []
+    augments = parse_augments(settings.augment)
     if 'colour' in augments:
-        _check_channel_symmetry(processor)
+        check_channel_symmetry(processor)
+    store = SampleStore(processor, rows, mirror='mirror' in augments,
+                        show_progress=show_progress)
+    samples = store.samples
     token_ids = sorted({i for s in samples for i in s.answer_ids}) if (
         settings.train_tokens == 'answers') else []
     hidden = int(model.config.text_config.hidden_size)
@@ -384,11 +421,13 @@ def train_adapter(base: str | Path, data_dirs: list[str] | str, out: str | Path,
                     epoch = list(range(len(samples)))
                     rng.shuffle(epoch)
                     order += epoch
-                picked = [mirrored[i] if mirrored and rng.random() < 0.5 else samples[i]
-                          for i in [order.pop(0) for _ in range(settings.batch_size)]]
-                colours = [_colour_order(rng) for _ in picked] if (
-                    'colour' in augments) else None
-                batch = collate(picked, pad_id, dev, torch_dtype, colours)
+                draws = [(i, store.mirrored is not None and rng.random() < 0.5)
+                         for i in [order.pop(0) for _ in range(settings.batch_size)]]
+                colours = [random_channel_order(rng) for _ in draws] if (
+                    'colour' in augments) else [IDENTITY] * len(draws)
+                picked = [store.variant(i, flip, c) for (i, flip), c in zip(draws, colours)]
+                batch = collate(picked, pad_id, dev, torch_dtype,
+                                colours if 'colour' in augments else None)
                 progress = batch.pop('progress')
                 with torch.autocast('cuda', dtype=torch_dtype, enabled=autocast):
                     loss = peft_model(**batch).loss
@@ -463,26 +502,6 @@ def save_processor_files(base_dir: Path, out_dir: Path, settings: TrainSettings)
         pre['size'] = size
         pre = {k: v for k, v in pre.items() if v is not None}
         pre_path.write_text(json.dumps(pre, indent=2), encoding='utf-8')
-
-
-def _augments(settings: TrainSettings) -> list[str]:
-    return [a.strip() for a in settings.augment.split(',') if a.strip()]
-
-
-def _colour_order(rng: random.Random) -> tuple[int, ...]:
-    """The ``colour`` augmentation: the original channel order half of the time, otherwise
-    one of the five other orders."""
-    if rng.random() < 0.5:
-        return (0, 1, 2)
-    return rng.choice([(0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)])
-
-
-def _check_channel_symmetry(processor: Any) -> None:
-    ip = getattr(processor, 'image_processor', None)
-    mean, std = getattr(ip, 'image_mean', None), getattr(ip, 'image_std', None)
-    if not mean or not std or len(set(mean)) != 1 or len(set(std)) != 1:
-        raise ConfigError('augment colour needs the same normalisation mean and std on the '
-                          f'three channels; the processor has mean {mean}, std {std}')
 
 
 def _targets(settings: TrainSettings) -> list[str]:

@@ -164,22 +164,3 @@ def test_vision_tower_targets_train_load_and_merge(setup, tmp_path):
     unmerged = records(video, model_path=str(base), adapter=str(adapter))
     plain = records(video, model_path=str(merged))
     assert [r['model_output'] for r in plain] == [r['model_output'] for r in unmerged]
-
-
-def test_colour_augmentation_equals_permuting_the_image(tmp_path):
-    # Patch rows are channel-major: reordering their channel blocks is reordering the image's.
-    from PIL import Image
-
-    from procvlm_ros.adapt.train import permute_channels, prepare_sample
-    from procvlm_ros.core.backends.hf_processor import load_processor
-    from procvlm_ros.demo_model import CHECKPOINT_DIR
-
-    processor, _ = load_processor(CHECKPOINT_DIR, 0, 0)
-    img = frames(1, 120, 160)[0]
-    img[60:, :80] = (30, 200, 90)
-    Image.fromarray(img).save(tmp_path / 'a.png')
-    Image.fromarray(img[:, :, [2, 0, 1]].copy()).save(tmp_path / 'b.png')
-    row = {'prompt': 'x', 'answer': '<progress>10%</progress>'}
-    a = prepare_sample(processor, dict(row, images=[str(tmp_path / 'a.png')]))
-    b = prepare_sample(processor, dict(row, images=[str(tmp_path / 'b.png')]))
-    assert bool((permute_channels(a.pixel_values, (2, 0, 1)) == b.pixel_values).all())
