@@ -2,6 +2,9 @@
 Training augmentations of ``procvlm-adapt train`` that keep the text true to the images.
 
 - ``mirror``: flip every image left-right and swap the words ``left`` and ``right``.
+- ``shift``: move every image of a window sideways by 1/16 or 1/8 of its width (the edge
+  column repeated into the gap), as the objects of another episode stand elsewhere; the words
+  stay.
 - ``colour``: reorder the RGB channels and rename the basic hue words by the same reorder.
   A hue word names the channels that are high in that colour (red = R, yellow = R + G,
   purple/magenta = R + B, ...), so a channel reorder maps each hue word onto another one:
@@ -20,7 +23,8 @@ from typing import Any
 
 from procvlm_ros.core.errors import ConfigError
 
-AUGMENTS = ('mirror', 'colour')
+AUGMENTS = ('mirror', 'colour', 'shift')
+SHIFTS = (-0.125, -0.0625, 0.0625, 0.125)  # fractions of the image width
 IDENTITY = (0, 1, 2)
 CHANNEL_ORDERS = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
 # Hue words -> the channels that are high in that colour (R 0, G 1, B 2).
@@ -84,6 +88,31 @@ def random_channel_order(rng: random.Random) -> tuple[int, ...]:
     if rng.random() < 0.5:
         return IDENTITY
     return rng.choice(CHANNEL_ORDERS)
+
+
+def random_shift(rng: random.Random) -> float:
+    """No shift half of the time, otherwise one of ``SHIFTS``."""
+    if rng.random() < 0.5:
+        return 0.0
+    return rng.choice(SHIFTS)
+
+
+def shift_image(image: Any, fraction: float) -> Any:
+    """A PIL image moved right by ``fraction`` of its width (left if negative), the edge
+    column repeated into the gap, the size kept."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(image)
+    dx = int(round(fraction * pixels.shape[1]))
+    if dx == 0:
+        return image
+    moved = np.roll(pixels, dx, axis=1)
+    if dx > 0:
+        moved[:, :dx] = pixels[:, :1]
+    else:
+        moved[:, dx:] = pixels[:, -1:]
+    return Image.fromarray(moved)
 
 
 def check_channel_symmetry(processor: Any) -> None:

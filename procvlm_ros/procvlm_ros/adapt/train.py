@@ -17,10 +17,10 @@ batch 8, trainable embedding rows of the answer tokens, the colour augmentation;
 Not in the official recipe (off by default): ``train_tokens answers`` makes the input
 embedding rows of every token in the training answers trainable (peft
 ``trainable_token_indices``; a tied ``lm_head`` shares the rows, so the adapter can learn to
-write tokens the base never produced), and ``augment mirror,colour`` draws left-right flipped
-images and RGB channel orders per sample, with the side and hue words of the prompt and answer
-changed to match (``adapt/augment.py``; channel orders only for processors with the same
-mean/std on every channel).
+write tokens the base never produced), and ``augment mirror,colour,shift`` draws left-right
+flipped images, RGB channel orders and sideways shifts per sample, with the side and hue words
+of the prompt and answer changed to match (``adapt/augment.py``; channel orders only for
+processors with the same mean/std on every channel).
 
 Inputs are built the way inference builds them (images pre-resized like qwen-vl-utils with
 patch 14, images first, the checkpoint's chat template, the answer tokenised on its own and
@@ -48,7 +48,9 @@ from procvlm_ros.adapt.augment import (
     parse_augments,
     permute_channels,
     random_channel_order,
+    random_shift,
     rename_hues,
+    shift_image,
     swap_sides,
 )
 from procvlm_ros.core.errors import ConfigError
@@ -176,11 +178,12 @@ def answer_progress(answer: str) -> float:
 
 
 def prepare_sample(processor: Any, row: dict[str, Any], patch_size: int = 14,
-                   mirror: bool = False) -> Prepared:
+                   mirror: bool = False, shift: float = 0.0) -> Prepared:
     """
     Images as inference sees them, the checkpoint's chat template, answer + ``<|im_end|>``.
 
     :param mirror: Flip every image left-right (the ``mirror`` augmentation).
+    :param shift: Move every image sideways by this fraction of its width (``shift``).
     """
     from PIL import Image, ImageOps
 
@@ -191,7 +194,8 @@ def prepare_sample(processor: Any, row: dict[str, Any], patch_size: int = 14,
     for path in row['images']:
         with Image.open(path) as img:
             rgb = img.convert('RGB')
-            images.append(qwen_vl_pre_resize(ImageOps.mirror(rgb) if mirror else rgb,
+            rgb = ImageOps.mirror(rgb) if mirror else rgb
+            images.append(qwen_vl_pre_resize(shift_image(rgb, shift) if shift else rgb,
                                               patch_size))
     chat = processor.apply_chat_template(build_messages(images, row['prompt']), tokenize=False,
                                          add_generation_prompt=True)
@@ -209,10 +213,10 @@ def prepare_sample(processor: Any, row: dict[str, Any], patch_size: int = 14,
 
 class SampleStore:
     """
-    The prepared samples, their mirrored copies (``mirror``) and, made on first use, the
-    variants whose hue words are renamed for a channel order (``colour``). A renamed variant
-    is re-tokenised but shares the pixels of the sample it renames (``collate`` reorders the
-    channels), so memory grows only by token lists.
+    The prepared samples, their mirrored copies (``mirror``) and, made on first use, shifted
+    copies (``shift``) and variants whose hue words are renamed for a channel order
+    (``colour``). A renamed variant is re-tokenised but shares the pixels of the sample it
+    renames (``collate`` reorders the channels), so renaming grows memory only by token lists.
     """
 
     def __init__(self, processor: Any, rows: list[dict[str, Any]], *, mirror: bool,
@@ -226,22 +230,37 @@ class SampleStore:
         self.mirrored = [prepare_sample(processor, _mirrored_row(r), mirror=True) for r in tqdm(
             rows, desc='Mirrored samples', unit='sample', disable=not show_progress)
         ] if mirror else None
-        self._renamed: dict[tuple[int, bool, tuple[int, ...]], Prepared] = {}
+        self._shifted: dict[tuple[int, bool, float], Prepared] = {}
+        self._renamed: dict[tuple[int, bool, float, tuple[int, ...]], Prepared] = {}
 
-    def variant(self, index: int, mirror: bool, order: tuple[int, ...]) -> Prepared:
-        """Sample ``index`` (mirrored or not) with its text renamed for channel ``order``."""
+    def view(self, index: int, mirror: bool, shift: float = 0.0) -> Prepared:
+        """Sample ``index``, mirrored or not, its images moved by ``shift`` of their width."""
+        mirror = mirror and self.mirrored is not None
         source = self.mirrored[index] if mirror and self.mirrored else self.samples[index]
+        if not shift:
+            return source
+        key = (index, mirror, shift)
+        if key not in self._shifted:
+            row = _mirrored_row(self.rows[index]) if mirror else self.rows[index]
+            self._shifted[key] = prepare_sample(self.processor, row, mirror=mirror, shift=shift)
+        return self._shifted[key]
+
+    def variant(self, index: int, mirror: bool, order: tuple[int, ...],
+                shift: float = 0.0) -> Prepared:
+        """``view(index, mirror, shift)`` with its text renamed for channel ``order``."""
+        mirror = mirror and self.mirrored is not None
+        source = self.view(index, mirror, shift)
         if tuple(order) == IDENTITY:
             return source
-        key = (index, source is not self.samples[index], tuple(order))
+        key = (index, mirror, shift, tuple(order))
         if key not in self._renamed:
-            row = _mirrored_row(self.rows[index]) if key[1] else self.rows[index]
+            row = _mirrored_row(self.rows[index]) if mirror else self.rows[index]
             renamed = {**row, 'prompt': rename_hues(row['prompt'], order),
                        'answer': rename_hues(row['answer'], order)}
             if renamed == row:
                 self._renamed[key] = source
-            else:
-                text = prepare_sample(self.processor, renamed, mirror=key[1])
+            else:  # the tokens depend on the image sizes only, not on the mirror or shift
+                text = prepare_sample(self.processor, renamed)
                 self._renamed[key] = replace(text, pixel_values=source.pixel_values)
         return self._renamed[key]
 
@@ -428,7 +447,10 @@ def train_adapter(base: str | Path, data_dirs: list[str] | str, out: str | Path,
                          for i in [order.pop(0) for _ in range(settings.batch_size)]]
                 colours = [random_channel_order(rng) for _ in draws] if (
                     'colour' in augments) else [IDENTITY] * len(draws)
-                picked = [store.variant(i, flip, c) for (i, flip), c in zip(draws, colours)]
+                shifts = [random_shift(rng) for _ in draws] if (
+                    'shift' in augments) else [0.0] * len(draws)
+                picked = [store.variant(i, flip, c, dx)
+                          for (i, flip), c, dx in zip(draws, colours, shifts)]
                 batch = collate(picked, pad_id, dev, torch_dtype,
                                 colours if 'colour' in augments else None)
                 progress = batch.pop('progress')

@@ -13,6 +13,8 @@ from procvlm_ros.adapt.augment import (
     permute_channels,
     random_channel_order,
     rename_hues,
+    shift_image,
+    SHIFTS,
     swap_sides,
 )
 from procvlm_ros.core.errors import ConfigError
@@ -75,8 +77,23 @@ def test_random_channel_order_keeps_half_and_draws_all_others():
     assert set(draws) == {IDENTITY, *CHANNEL_ORDERS}
 
 
+def test_shift_image_moves_the_scene_and_repeats_the_edge():
+    from PIL import Image
+
+    pixels = np.zeros((4, 16, 3), np.uint8)
+    pixels[:, :, 0] = np.arange(16) * 10  # a ramp: every column its own value
+    moved = np.asarray(shift_image(Image.fromarray(pixels), 0.125))  # 2 px right
+    assert moved.shape == pixels.shape
+    assert (moved[:, 2:] == pixels[:, :-2]).all() and (moved[:, :2] == pixels[:, :1]).all()
+    back = np.asarray(shift_image(Image.fromarray(pixels), -0.125))
+    assert (back[:, :-2] == pixels[:, 2:]).all() and (back[:, -2:] == pixels[:, -1:]).all()
+    assert shift_image(Image.fromarray(pixels), 0.01) is not None  # under a pixel: unchanged
+    assert (np.asarray(shift_image(Image.fromarray(pixels), 0.01)) == pixels).all()
+    assert all(abs(f) * 160 >= 10 for f in SHIFTS)  # at least 10 px on a 160 px camera
+
+
 def test_unknown_augment_is_refused():
-    assert parse_augments(' mirror , colour,') == ['mirror', 'colour']
+    assert parse_augments(' mirror , colour,shift') == ['mirror', 'colour', 'shift']
     with pytest.raises(ConfigError, match='unknown augment'):
         parse_augments('mirror,blur')
 
@@ -134,6 +151,12 @@ def test_sample_store_renames_text_and_shares_pixels(processor, tmp_path):
     assert 'right' in processor.tokenizer.decode(flipped.prompt_ids)
     assert not bool((flipped.pixel_values == store.samples[0].pixel_values).all())
     assert store.variant(0, True, order).pixel_values is flipped.pixel_values
+    # Shifted: the images moved, the text kept; renaming keeps the moved pixels.
+    moved = store.view(0, False, SHIFTS[-1])
+    assert moved.prompt_ids == store.samples[0].prompt_ids
+    assert not bool((moved.pixel_values == store.samples[0].pixel_values).all())
+    assert store.variant(0, False, order, SHIFTS[-1]).pixel_values is moved.pixel_values
+    assert store.view(0, False, SHIFTS[-1]) is moved
     # Nothing to rename: the sample itself, cached once.
     assert store.variant(1, False, order) is store.samples[1]
     assert store.variant(0, False, order) is renamed
