@@ -10,6 +10,8 @@ The adaptation loop on the demo model, end to end (``make adapt-demo``).
    alone, once on the success + the failure.
 4. ``procvlm-eval`` on held-out episodes of the family (data seed ``HELDOUT_SEED``, used
    nowhere else): the demo model zero-shot and with each adapter; a table of the figures.
+   VOC counts success episodes only, 5 of the 20 mixed ones, so the same models are also
+   scored on a success-only set of the same seed (``--success-episodes``, 20 by default).
 
 ``--split validation`` runs the same loop on validation episodes (data seed
 ``VALIDATION_SEED``): the ``demo`` preset was chosen there, never on the held-out episodes.
@@ -112,7 +114,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def run(out: Path, *, episodes: int = 20, steps: int | None = None, threads: int = 2,
-        failure: bool = True, split: str = 'heldout') -> dict[str, Any]:
+        failure: bool = True, split: str = 'heldout',
+        success_episodes: int = 20) -> dict[str, Any]:
     from procvlm_ros.adapt.cli import main as adapt
     from procvlm_ros.demo_model import CHECKPOINT_DIR
     from procvlm_ros.synth.export import write_dataset
@@ -123,6 +126,10 @@ def run(out: Path, *, episodes: int = 20, steps: int | None = None, threads: int
     heldout = out / split
     if not (heldout / 'manifest.json').is_file():
         write_dataset(heldout, episodes, seed, task_kinds=(FAMILY,), show_progress=True)
+    successes = out / f'{split}_success'
+    if success_episodes and not (successes / 'manifest.json').is_file():
+        write_dataset(successes, success_episodes, seed, kinds=('success',),
+                      task_kinds=(FAMILY,), show_progress=True)
     anns = record(out)
     runs = [('one success', [anns['success']])]
     if failure:
@@ -130,6 +137,8 @@ def run(out: Path, *, episodes: int = 20, steps: int | None = None, threads: int
     tail = '' if split == 'heldout' else f'_{split}'
     rows = [summary_row('demo model, zero-shot',
                         evaluate(heldout, base, out / f'zero_shot{tail}.json'), None)]
+    success_rows = [summary_row('demo model, zero-shot', evaluate(
+        successes, base, out / f'zero_shot{tail}_success.json'), None)] if success_episodes else []
     for name, dirs in runs:
         tag = name.replace(' ', '_').replace('+', 'and')
         t0, c0 = time.perf_counter(), time.process_time()
@@ -155,8 +164,14 @@ def run(out: Path, *, episodes: int = 20, steps: int | None = None, threads: int
         report = evaluate(heldout, base, out / f'{tag}{tail}.json', adapter=str(adapter))
         rows.append(summary_row(f'adapted: {name}', report, spent['wall_minutes'],
                                 spent['cpu_minutes']))
+        if success_episodes:
+            success_rows.append(summary_row(f'adapted: {name}', evaluate(
+                successes, base, out / f'{tag}{tail}_success.json', adapter=str(adapter)),
+                spent['wall_minutes'], spent['cpu_minutes']))
     result = {'family': FAMILY, 'split': split, 'data_seed': seed, 'demo_seed': DEMO_SEED,
-              'episodes': episodes, 'rows': rows, 'table': table(rows)}
+              'episodes': episodes, 'rows': rows, 'table': table(rows),
+              'success_episodes': success_episodes, 'success_rows': success_rows,
+              'success_table': table(success_rows) if success_rows else ''}
     (out / f'adapt_demo{tail}.json').write_text(json.dumps(result, indent=1), encoding='utf-8')
     return result
 
@@ -170,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--steps', type=int, default=0, help='training steps (0: the demo preset)')
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--no-failure', action='store_true', help='skip the success+failure run')
+    p.add_argument('--success-episodes', type=int, default=20,
+                   help='success-only episodes of the same seed, scored too (0: none)')
     p.add_argument('--split', choices=('heldout', 'validation'), default='heldout',
                    help=f'held-out episodes (seed {HELDOUT_SEED}, the reported figures) or '
                         f'validation episodes (seed {VALIDATION_SEED}, for choosing settings)')
@@ -177,9 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     import logging
     logging.basicConfig(level=logging.WARNING)
     result = run(Path(args.out), episodes=args.episodes, steps=args.steps or None,
-                 threads=args.threads, failure=not args.no_failure, split=args.split)
+                 threads=args.threads, failure=not args.no_failure, split=args.split,
+                 success_episodes=args.success_episodes)
     print(f'{args.split} {FAMILY} episodes: {args.episodes} (data seed {result["data_seed"]})')
     print(result['table'])
+    if result['success_table']:
+        print(f'\n{args.split} {FAMILY} success-only episodes: {args.success_episodes} '
+              f'(data seed {result["data_seed"]})')
+        print(result['success_table'])
     return 0
 
 
