@@ -12,7 +12,7 @@ Training augmentations of ``procvlm-adapt train`` that keep the text true to the
   answer. Renaming matters: with the pixels reordered but the words kept, the adapter learns
   to write the demonstration's colour words whatever the task says (measured, README).
 
-Neither is in the official recipe; both are off by default.
+None of them is in the official recipe; all are off by default (the `demo` preset too).
 """
 
 from __future__ import annotations
