@@ -17,6 +17,7 @@ from pathlib import Path
 import sys
 from typing import Any
 
+from procvlm_ros.core.config import WindowConfig
 from procvlm_ros.core.errors import ProcVlmError
 
 
@@ -54,10 +55,11 @@ def _add_dataset(sub: Any) -> None:
                         'a pause)')
     p.add_argument('--windows', choices=('official', 'monitor'), default='official',
                    help='images per sample: the official variety (default: the frame alone '
-                        'or 5-17 consecutive frames), or monitor: the window the monitor '
-                        'feeds (--window_size frames, --sample_period_s apart, first frame '
-                        'repeated at the start)')
-    p.add_argument('--window_size', type=int, default=8, help='monitor windows: frames')
+                        'or 5-17 consecutive frames), or monitor: windows spaced like the '
+                        "monitor's (--window_size frames, --sample_period_s apart, counted "
+                        'back from the labelled frame, first frame repeated at the start)')
+    p.add_argument('--window_size', type=int, default=WindowConfig.window_size,
+                   help='monitor windows: frames')
     p.add_argument('--draws', type=int, default=1,
                    help='official windows: samples per frame, each with its own window draw '
                         '(1 = official)')

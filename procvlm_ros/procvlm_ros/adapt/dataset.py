@@ -42,6 +42,7 @@ from PIL import Image
 from procvlm_ros.adapt import annotation as ann
 from procvlm_ros.adapt.frames import Demonstration, read_demonstration
 from procvlm_ros.adapt.labels import planned_actions, progress_labels
+from procvlm_ros.core.config import WindowConfig
 from procvlm_ros.core.errors import ConfigError
 from procvlm_ros.core.prompt import build_prompt
 
@@ -110,12 +111,16 @@ def sample_history(rng: random.Random, current: int) -> list[int]:
 def monitor_history(times_s: Sequence[float], current: int, window_size: int = 8,
                     sample_period_s: float = 0.0) -> list[int]:
     """
-    The window the monitor feeds at ``current``: ``window_size`` frames, oldest first.
+    A window spaced like the monitor's, ending at ``current``: ``window_size`` frames, oldest
+    first.
 
     Each earlier slot holds the newest frame at least ``sample_period_s`` older than the slot
-    after it (0: the previous frame), so frames sit as far apart as in the node's buffer (or
-    the offline path's, period 0); before the first frame the first frame repeats, as in the
-    official front padding.
+    after it (0: the previous frame), so frames sit as far apart as in the node's buffer; with
+    period 0 it is exactly the offline path's window (``core.sampling.window_positions``).
+    Before the first frame the first frame repeats, as in the official front padding. Unlike
+    the node's ``FrameWindow``, whose kept frames form a grid from the episode's first frame,
+    the spacing is counted back from ``current``, so every labelled frame is its window's
+    newest.
     """
     picked = [current]
     for _ in range(max(1, int(window_size)) - 1):
@@ -138,7 +143,7 @@ class WindowPlan:
     """
 
     kind: str = 'official'
-    size: int = 8
+    size: int = WindowConfig.window_size
     period_s: float = 0.0
     draws: int = 1
 
