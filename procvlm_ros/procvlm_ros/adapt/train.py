@@ -235,13 +235,12 @@ class SampleStore:
     def view(self, index: int, mirror: bool, shift: float = 0.0) -> Prepared:
         """Sample ``index``, mirrored or not, its images moved by ``shift`` of their width."""
         mirror = mirror and self.mirrored is not None
-        source = self.mirrored[index] if mirror and self.mirrored else self.samples[index]
         if not shift:
-            return source
+            return self.mirrored[index] if mirror and self.mirrored else self.samples[index]
         key = (index, mirror, shift)
         if key not in self._shifted:
-            row = _mirrored_row(self.rows[index]) if mirror else self.rows[index]
-            self._shifted[key] = prepare_sample(self.processor, row, mirror=mirror, shift=shift)
+            self._shifted[key] = prepare_sample(self.processor, self._row(index, mirror),
+                                                mirror=mirror, shift=shift)
         return self._shifted[key]
 
     def variant(self, index: int, mirror: bool, order: tuple[int, ...],
@@ -253,7 +252,7 @@ class SampleStore:
             return source
         key = (index, mirror, shift, tuple(order))
         if key not in self._renamed:
-            row = _mirrored_row(self.rows[index]) if mirror else self.rows[index]
+            row = self._row(index, mirror)
             renamed = {**row, 'prompt': rename_hues(row['prompt'], order),
                        'answer': rename_hues(row['answer'], order)}
             if renamed == row:
@@ -262,6 +261,10 @@ class SampleStore:
                 text = prepare_sample(self.processor, renamed)
                 self._renamed[key] = replace(text, pixel_values=source.pixel_values)
         return self._renamed[key]
+
+    def _row(self, index: int, mirror: bool) -> dict[str, Any]:
+        """The data set row of sample ``index``, with its words mirrored when ``mirror``."""
+        return _mirrored_row(self.rows[index]) if mirror else self.rows[index]
 
 
 def _mirrored_row(row: dict[str, Any]) -> dict[str, Any]:
