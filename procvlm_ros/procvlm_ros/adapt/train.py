@@ -24,7 +24,9 @@ processors with the same mean/std on every channel).
 Inputs are built the way inference builds them (images pre-resized like qwen-vl-utils with
 patch 14, images first, the checkpoint's chat template, the answer tokenised on its own and
 closed by ``<|im_end|>``), not with the official ``<image>\\n`` text; the loss is the mean
-cross-entropy over the answer tokens. Reproducible: same seed, data, arguments, thread count and
+cross-entropy over the answer tokens, with logits only where an answer token is predicted
+(``answer_loss``), and the value head reads the same forward pass (``LastHiddenState``). The
+summary records the median step time and the peak memory (``resource_figures``). Reproducible: same seed, data, arguments, thread count and
 library versions give the same adapter.
 """
 
@@ -152,6 +154,11 @@ def run_from_args(args: argparse.Namespace) -> int:
                             show_progress=not args.quiet, preset=args.preset)
     print(f'adapter written to {args.out}: {summary["steps"]} steps in '
           f'{summary["train_seconds"]:.0f} s, final loss {summary["final_loss"]:.4f}')
+    memory = (f'peak CUDA memory {summary["peak_cuda_memory_gib"]:.2f} GiB'
+              if summary['peak_cuda_memory_gib'] is not None else
+              f'peak RSS {summary["peak_rss_gib"]:.2f} GiB' if summary['peak_rss_gib'] else '')
+    print(f'step time {summary["step_seconds_median"]:.3f} s median (first step '
+          f'{summary["first_step_seconds"]:.3f} s){", " + memory if memory else ""}')
     return 0
 
 
@@ -333,19 +340,60 @@ def _load_head(base: Path, hidden: int, settings: TrainSettings) -> tuple[Any, s
     return None, 'off (base has no head)'
 
 
-def _head_loss(model: Any, head: Any, batch: dict[str, Any], settings: TrainSettings) -> Any:
+def answer_loss(model: Any, batch: dict[str, Any]) -> Any:
+    """
+    Mean cross-entropy over the answer tokens, as ``model(**batch, labels=...).loss``, with
+    logits only at the positions that predict an answer token of some row.
+
+    The full logits are sequence x vocabulary: a 17-frame window of 640x480 frames is ~4,000
+    tokens, so 4 samples of ProcVLM-2B (151,936 tokens) would hold ~10 GB of fp32 logits for
+    the ~50 answer tokens each that have a label.
+    """
+    import torch
+
+    targets = batch['labels'][:, 1:]  # position p predicts token p + 1
+    keep = (targets != -100).any(dim=0).nonzero().squeeze(-1)
+    inputs = {k: v for k, v in batch.items() if k != 'labels'}
+    logits = model(**inputs, logits_to_keep=keep).logits.float()
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                             targets[:, keep].reshape(-1), ignore_index=-100)
+
+
+def _head_loss(hidden: Any, head: Any, attention_mask: Any, progress: Any,
+               settings: TrainSettings) -> Any:
     """Official value loss: L1 between sigmoid(1.2 z - 0.1) and the progress label."""
     import torch
 
-    keys = ('pixel_values', 'image_grid_thw', 'mm_token_type_ids')
-    out = model.model(input_ids=batch['input_ids'], attention_mask=batch['attention_mask'],
-                      use_cache=False, **{k: batch[k] for k in keys if k in batch})
-    hidden = out.last_hidden_state.float()
-    pooled = head.pooler(hidden, batch['attention_mask'])
+    pooled = head.pooler(hidden.float(), attention_mask)
     if settings.value_noise_std > 0:
         pooled = pooled + settings.value_noise_std * torch.randn_like(pooled)
     z = head.value_head(pooled).squeeze(-1)
-    return torch.nn.functional.l1_loss(torch.sigmoid(1.2 * z - 0.1), batch['progress'].float())
+    return torch.nn.functional.l1_loss(torch.sigmoid(1.2 * z - 0.1), progress.float())
+
+
+class LastHiddenState:
+    """
+    The language model's last hidden state (after its final norm) of the forward pass that
+    computes the cross-entropy, caught by a forward hook: the value head reads the same pass,
+    as the official model's forward does, instead of a second pass through the whole model.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.value: Any = None
+        self._handle = model.model.language_model.register_forward_hook(self._keep)
+
+    def _keep(self, _module: Any, _args: Any, output: Any) -> None:
+        self.value = output.last_hidden_state if hasattr(output, 'last_hidden_state') else (
+            output[0])
+
+    def take(self) -> Any:
+        value, self.value = self.value, None
+        if value is None:
+            raise RuntimeError('the language model did not run in this forward pass')
+        return value
+
+    def close(self) -> None:
+        self._handle.remove()
 
 
 def train_adapter(base: str | Path, data_dirs: list[str] | str, out: str | Path,
@@ -428,6 +476,11 @@ def train_adapter(base: str | Path, data_dirs: list[str] | str, out: str | Path,
     warmup = int(math.ceil(settings.warmup_ratio * steps))
     pad_id = processor.tokenizer.pad_token_id or 0
     autocast = dev.startswith('cuda') and torch_dtype != torch.float32
+    if dev.startswith('cuda'):  # what the training itself needs (model and batches included)
+        torch.cuda.reset_peak_memory_stats(dev)
+    step_seconds: list[float] = []
+    head_input = LastHiddenState(peft_model.get_base_model()) if (
+        head is not None and settings.value_loss_weight > 0) else None
     out_dir.mkdir(parents=True, exist_ok=True)
     log = (out_dir / LOG_NAME).open('w', encoding='utf-8')
     order: list[int] = []
@@ -437,6 +490,7 @@ def train_adapter(base: str | Path, data_dirs: list[str] | str, out: str | Path,
     bar = tqdm(range(steps), desc='Training', unit='step', disable=not show_progress)
     try:
         for step in bar:
+            t_step = time.perf_counter()
             for g in opt.param_groups:
                 g['lr'] = settings.lr * lr_factor(step, steps, warmup)
             stats = {'ce': 0.0, 'value': 0.0}
@@ -457,19 +511,23 @@ def train_adapter(base: str | Path, data_dirs: list[str] | str, out: str | Path,
                                 colours if 'colour' in augments else None)
                 progress = batch.pop('progress')
                 with torch.autocast('cuda', dtype=torch_dtype, enabled=autocast):
-                    loss = peft_model(**batch).loss
+                    loss = answer_loss(peft_model, batch)
                     stats['ce'] += float(loss.detach()) / settings.grad_accum
-                    if head is not None and settings.value_loss_weight > 0:
-                        batch['progress'] = progress
-                        vloss = _head_loss(peft_model.get_base_model(), head, batch, settings)
+                    if head_input is not None:
+                        vloss = _head_loss(head_input.take(), head, batch['attention_mask'],
+                                           progress, settings)
                         stats['value'] += float(vloss.detach()) / settings.grad_accum
                         loss = loss + settings.value_loss_weight * vloss
                 (loss / settings.grad_accum).backward()
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
             opt.step()
             opt.zero_grad(set_to_none=True)
+            if dev.startswith('cuda'):  # kernels run asynchronously: time the finished step
+                torch.cuda.synchronize(dev)
+            step_seconds.append(time.perf_counter() - t_step)
             last = {'step': step, 'loss': stats['ce'] + settings.value_loss_weight * stats[
-                'value'], 'ce': stats['ce'], 'lr': opt.param_groups[0]['lr']}
+                'value'], 'ce': stats['ce'], 'lr': opt.param_groups[0]['lr'],
+                'seconds': step_seconds[-1]}
             if head is not None:
                 last['value_l1'] = stats['value']
             log.write(json.dumps({k: round(v, 6) if isinstance(v, float) else v
@@ -478,6 +536,8 @@ def train_adapter(base: str | Path, data_dirs: list[str] | str, out: str | Path,
             bar.set_postfix(loss=f'{last["loss"]:.4f}')
     finally:
         log.close()
+        if head_input is not None:
+            head_input.close()
     t_train = time.perf_counter() - t0 - t_data
 
     peft_model.eval()
@@ -494,13 +554,47 @@ def train_adapter(base: str | Path, data_dirs: list[str] | str, out: str | Path,
         'samples': len(samples), 'steps': steps, 'warmup_steps': warmup,
         'trainable_tokens': len(token_ids),
         'value_head': head_note, 'device': dev, 'dtype': str(torch_dtype).replace('torch.', ''),
+        'gradient_checkpointing': gradient_checkpointing,
         'threads': torch.get_num_threads(), 'data_seconds': round(t_data, 2),
         'train_seconds': round(t_train, 2), 'final_loss': last['loss'],
+        **resource_figures(step_seconds, dev),
         'torch': torch.__version__, 'peft': _version('peft'),
         'transformers': _version('transformers')}
     (out_dir / lora.FINGERPRINT_FILE).write_text(json.dumps(summary, indent=1),
                                                  encoding='utf-8')
     return summary
+
+
+def resource_figures(step_seconds: list[float], device: str) -> dict[str, Any]:
+    """
+    What a run cost: the median step time without the first step (kernel selection, caches
+    and allocator warm-up land there), the first step, and the peak memory: CUDA memory
+    allocated by torch on a GPU, the process's peak resident set on the CPU.
+    """
+    import statistics
+
+    import torch
+
+    steady = step_seconds[1:] or step_seconds
+    figures: dict[str, Any] = {
+        'step_seconds_median': round(statistics.median(steady), 4) if steady else None,
+        'first_step_seconds': round(step_seconds[0], 4) if step_seconds else None,
+        'peak_cuda_memory_gib': None, 'peak_cuda_reserved_gib': None,
+        'peak_rss_gib': _peak_rss_gib()}
+    if device.startswith('cuda'):
+        figures['peak_cuda_memory_gib'] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+        figures['peak_cuda_reserved_gib'] = round(
+            torch.cuda.max_memory_reserved(device) / 2**30, 3)
+    return figures
+
+
+def _peak_rss_gib() -> float | None:
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return None
+    # ru_maxrss is in KiB on Linux
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
 
 
 def save_processor_files(base_dir: Path, out_dir: Path, settings: TrainSettings) -> None:

@@ -81,8 +81,84 @@ def test_training_is_reproducible(setup, tmp_path):
     a = load_file(str(adapter / 'adapter_model.safetensors'))
     b = load_file(str(again / 'adapter_model.safetensors'))
     assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
-    assert (adapter / 'training_log.jsonl').read_text() == (
-        again / 'training_log.jsonl').read_text()
+
+    def numbers(folder):  # every logged figure but the step's wall time
+        rows = [json.loads(line) for line in (folder / 'training_log.jsonl').read_text(
+        ).splitlines()]
+        assert all(r.pop('seconds') > 0 for r in rows)
+        return rows
+    assert numbers(adapter) == numbers(again)
+
+
+def test_run_reports_step_time_and_peak_memory(setup):
+    *_, summary = setup
+    assert summary['step_seconds_median'] > 0 and summary['first_step_seconds'] > 0
+    assert summary['peak_cuda_memory_gib'] is None  # a CPU run
+    assert 0.1 < summary['peak_rss_gib'] < 64
+    assert summary['gradient_checkpointing'] is False
+
+
+def test_answer_loss_equals_the_full_logits_loss(setup):
+    # Logits only where an answer token is predicted: the same loss (and gradient) as the
+    # model's own loss over full logits, on a right-padded batch of different lengths.
+    import torch
+
+    from procvlm_ros.adapt.dataset import read_qa_pairs
+    from procvlm_ros.adapt.train import answer_loss, collate, prepare_sample
+    from procvlm_ros.core.backends.hf_processor import load_processor
+    from procvlm_ros.core.backends.transformers_backend import load_model
+
+    base, root, *_ = setup
+    processor, _ = load_processor(base, 0, 0)
+    model = load_model(base, 'cpu', torch.float32, 'sdpa').eval()
+    rows = read_qa_pairs(root / 'data')
+    rows = sorted(rows, key=lambda r: len(r['images']))
+    picked = [rows[0], rows[-1], rows[len(rows) // 2]]  # 1 image ... the most images
+    assert len({len(r['images']) for r in picked}) == 3
+    batch = collate([prepare_sample(processor, r) for r in picked], 0, 'cpu', torch.float32)
+    batch.pop('progress')
+    lm_head = model.lm_head.weight
+    full = model(**batch).loss
+    (g_full,) = torch.autograd.grad(full, lm_head)
+    mine = answer_loss(model, batch)
+    (g_mine,) = torch.autograd.grad(mine, lm_head)
+    torch.testing.assert_close(mine, full, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(g_mine, g_full, rtol=1e-5, atol=1e-7)
+
+
+def test_value_head_reads_the_cross_entropy_pass(setup):
+    # The value loss takes the hidden state of the forward pass that gives the cross-entropy
+    # (one pass, as the official model's forward); it equals a separate pass's.
+    import torch
+
+    from procvlm_ros.adapt.dataset import read_qa_pairs
+    from procvlm_ros.adapt.train import collate, LastHiddenState, prepare_sample
+    from procvlm_ros.core.backends.hf_processor import load_processor
+    from procvlm_ros.core.backends.transformers_backend import load_model
+
+    base, root, *_ = setup
+    processor, _ = load_processor(base, 0, 0)
+    model = load_model(base, 'cpu', torch.float32, 'sdpa').eval()
+    rows = read_qa_pairs(root / 'data')[:3]
+    batch = collate([prepare_sample(processor, r) for r in rows], 0, 'cpu', torch.float32)
+    batch.pop('progress')
+    catcher = LastHiddenState(model)
+    with torch.no_grad():
+        loss = model(**batch).loss
+        caught = catcher.take()
+        with pytest.raises(RuntimeError, match='did not run'):
+            catcher.take()  # one pass, one hidden state
+        catcher.close()
+        keys = ('pixel_values', 'image_grid_thw', 'mm_token_type_ids')
+        separate = model.model(input_ids=batch['input_ids'],
+                               attention_mask=batch['attention_mask'],
+                               **{k: batch[k] for k in keys if k in batch}).last_hidden_state
+    assert torch.isfinite(loss)
+    assert caught.shape == (*batch['input_ids'].shape, model.config.text_config.hidden_size)
+    torch.testing.assert_close(caught, separate, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        model(**batch)
+    assert catcher.value is None
 
 
 def records(video, **kw):
