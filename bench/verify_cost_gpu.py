@@ -28,29 +28,16 @@ import statistics
 import sys
 from typing import Any
 
-TEXT = {'hidden_size': 2048, 'num_hidden_layers': 28, 'num_attention_heads': 16,
-        'num_key_value_heads': 8, 'head_dim': 128, 'intermediate_size': 6144,
-        'vocab_size': 151936, 'max_position_embeddings': 262144, 'rms_norm_eps': 1e-6,
-        'hidden_act': 'silu', 'attention_bias': False, 'tie_word_embeddings': True}
-MROPE = {'mrope_section': [24, 20, 20], 'mrope_interleaved': True}
-VISION = {'depth': 24, 'hidden_size': 1024, 'intermediate_size': 4096, 'num_heads': 16,
-          'patch_size': 16, 'temporal_patch_size': 2, 'spatial_merge_size': 2,
-          'in_channels': 3, 'out_hidden_size': 2048, 'num_position_embeddings': 2304,
-          'deepstack_visual_indexes': [5, 11, 17], 'hidden_act': 'gelu_pytorch_tanh'}
 SIZES = (1, 4, 8, 16, 32, 64)
 
 
 def build(dtype: Any, attn: str) -> Any:
     import torch
     import transformers
-    major = int(transformers.__version__.split('.')[0])
-    rope = ({'rope_parameters': {'rope_type': 'default', 'rope_theta': 5e6, **MROPE}}
-            if major >= 5 else
-            {'rope_theta': 5e6, 'rope_scaling': {'rope_type': 'default', **MROPE}})
-    config = transformers.Qwen3VLConfig(
-        text_config=dict(TEXT, **rope), vision_config=VISION, image_token_id=151655,
-        video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
-        tie_word_embeddings=True)
+
+    from procvlm_ros.testing.tiny_model import procvlm_2b_config_dict
+
+    config = transformers.Qwen3VLConfig(**procvlm_2b_config_dict())
     config._attn_implementation = attn
     torch.manual_seed(0)
     with torch.device('cuda'):
@@ -60,7 +47,7 @@ def build(dtype: Any, attn: str) -> Any:
 
 def measure(model: Any, context: int, repeats: int, warmup: int) -> list[dict[str, float]]:
     import torch
-    vocab = TEXT['vocab_size']
+    vocab = model.config.text_config.vocab_size
     gen = torch.Generator(device='cuda').manual_seed(1)
     prompt = torch.randint(0, vocab, (1, context), device='cuda', generator=gen)
     with torch.inference_mode():

@@ -76,6 +76,23 @@ VISION_SIZES: dict[str, Any] = {
     'hidden_act': 'gelu_pytorch_tanh',
 }
 
+# ProcVLM-2B's shapes (Qwen3-VL-2B-Instruct's config, qwen3vl-export.md): 2.13 B parameters,
+# tied embedding. Random weights cost what trained ones cost, so GPU memory and speed figures
+# need no download (bench/adapt_train_gpu.py, bench/verify_cost_gpu.py).
+PROCVLM_2B_TEXT_SIZES: dict[str, Any] = {
+    'vocab_size': VOCAB_SIZE, 'hidden_size': 2048, 'intermediate_size': 6144,
+    'num_hidden_layers': 28, 'num_attention_heads': 16, 'num_key_value_heads': 8,
+    'head_dim': 128, 'max_position_embeddings': 262144, 'rms_norm_eps': 1e-6,
+    'hidden_act': 'silu', 'attention_bias': False, 'tie_word_embeddings': True,
+}
+PROCVLM_2B_MROPE = {'mrope_section': [24, 20, 20], 'mrope_interleaved': True}
+PROCVLM_2B_VISION_SIZES: dict[str, Any] = {
+    'depth': 24, 'hidden_size': 1024, 'intermediate_size': 4096, 'num_heads': 16,
+    'patch_size': 16, 'temporal_patch_size': 2, 'spatial_merge_size': 2, 'in_channels': 3,
+    'out_hidden_size': 2048, 'num_position_embeddings': 2304,
+    'deepstack_visual_indexes': [5, 11, 17], 'hidden_act': 'gelu_pytorch_tanh',
+}
+SHAPES = ('tiny', 'procvlm_2b')
 
 # Qwen2.5-VL: default system turn unless the chat starts with one, then the same part layout.
 QWEN2_5_VL_CHAT_TEMPLATE = CHAT_TEMPLATE.replace(
@@ -165,6 +182,12 @@ def _qwen_vl_config(text_sizes: dict[str, Any], theta: float, mrope: dict[str, A
 def tiny_config_dict() -> dict[str, Any]:
     """The keyword arguments of the tiny ``Qwen3VLConfig`` for the installed transformers."""
     return _qwen_vl_config(TEXT_SIZES, ROPE_THETA, MROPE, VISION_SIZES)
+
+
+def procvlm_2b_config_dict() -> dict[str, Any]:
+    """The keyword arguments of a ``Qwen3VLConfig`` with ProcVLM-2B's shapes."""
+    return dict(_qwen_vl_config(PROCVLM_2B_TEXT_SIZES, ROPE_THETA, PROCVLM_2B_MROPE,
+                                PROCVLM_2B_VISION_SIZES), tie_word_embeddings=True)
 
 
 def tiny_qwen2_5_vl_config_dict() -> dict[str, Any]:
@@ -308,17 +331,26 @@ def _recipe(family: str) -> _Recipe:
     return _RECIPES[family]
 
 
-def _build_model(seed: int, dtype: Any, family: str = 'qwen3_vl') -> Any:
-    """Instantiate the tiny model with seeded random weights and a scaled, untied lm_head."""
+def _build_model(seed: int, dtype: Any, family: str = 'qwen3_vl',
+                 config: dict[str, Any] | None = None, device: str = 'cpu') -> Any:
+    """
+    Instantiate the model with seeded random weights; an untied lm_head is scaled.
+
+    :param config: Config keywords instead of the family's tiny ones.
+    :param device: Where the weights are initialised (a GPU initialises 2 B weights faster).
+    """
     import torch
     import transformers
 
     tf: Any = transformers  # untyped constructors, keep mypy --strict quiet
     recipe = _recipe(family)
     torch.manual_seed(seed)
-    model = getattr(tf, recipe.model_class)(getattr(tf, recipe.config_class)(**recipe.config()))
-    with torch.no_grad():
-        model.lm_head.weight.mul_(LM_HEAD_SCALE)
+    with torch.device(device):
+        model = getattr(tf, recipe.model_class)(getattr(tf, recipe.config_class)(
+            **(config if config is not None else recipe.config())))
+    if not model.config.tie_word_embeddings:  # scaling a tied head would scale the embedding
+        with torch.no_grad():
+            model.lm_head.weight.mul_(LM_HEAD_SCALE)
     model.generation_config = tf.GenerationConfig(
         bos_token_id=PAD_TOKEN_ID, eos_token_id=list(EOS_TOKEN_IDS), pad_token_id=PAD_TOKEN_ID,
         do_sample=True, temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.0)
@@ -362,7 +394,8 @@ def write_value_head_sidecar(out_dir: str | Path, hidden_size: int, *, seed: int
 def build_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, tokenizer: str = 'qwen',
                           image_min_pixels: int = 4096, image_max_pixels: int = 16384,
                           with_value_head: bool = False, dtype: Any = 'float32',
-                          family: str = 'qwen3_vl') -> Path:
+                          family: str = 'qwen3_vl', shape: str = 'tiny',
+                          device: str = 'cpu') -> Path:
     """
     Write a complete, loadable tiny checkpoint directory (test/demo fixture).
 
@@ -378,12 +411,22 @@ def build_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, tokenizer: str 
     :param with_value_head: Also write a random ``procvlm_extra/procvlm_head.pt`` sidecar.
     :param dtype: Weight dtype: ``'float32'`` (default), ``'bfloat16'``, ``'float16'`` or a
         ``torch.dtype``.
+    :param shape: ``'tiny'`` (default) or ``'procvlm_2b'``: ProcVLM-2B's shapes with random
+        weights (Qwen3-VL only; about 4.3 GB in bf16), for GPU memory and speed figures.
+    :param device: Where the random weights are initialised (``'cuda'`` is much faster for
+        ``procvlm_2b``); the files are the same.
     :returns: The checkpoint directory.
     """
+    if shape not in SHAPES:
+        raise ValueError(f'shape must be one of {SHAPES}, got {shape!r}')
+    if shape == 'procvlm_2b' and family != 'qwen3_vl':
+        raise ValueError('shape procvlm_2b is a Qwen3-VL (family qwen3_vl)')
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     recipe = _recipe(family)
-    model = _build_model(seed, _resolve_dtype(dtype), family)
+    big = shape == 'procvlm_2b'
+    model = _build_model(seed, _resolve_dtype(dtype), family,
+                         procvlm_2b_config_dict() if big else None, device)
     model.save_pretrained(out, safe_serialization=True)
     _write_tokenizer(qwen_tokenizer_dir() if tokenizer == 'qwen' else Path(tokenizer), out)
     if recipe.extend_tokenizer is not None:
@@ -392,5 +435,6 @@ def build_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, tokenizer: str 
         (out / name).write_text(json.dumps(content, indent=2), encoding='utf-8')
     (out / 'chat_template.jinja').write_text(recipe.chat_template, encoding='utf-8')
     if with_value_head:
-        write_value_head_sidecar(out, recipe.hidden_size, seed=seed + 1)
+        hidden = PROCVLM_2B_TEXT_SIZES['hidden_size'] if big else recipe.hidden_size
+        write_value_head_sidecar(out, hidden, seed=seed + 1)
     return out
