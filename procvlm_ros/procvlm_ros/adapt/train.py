@@ -26,8 +26,9 @@ patch 14, images first, the checkpoint's chat template, the answer tokenised on 
 closed by ``<|im_end|>``), not with the official ``<image>\\n`` text; the loss is the mean
 cross-entropy over the answer tokens, with logits only where an answer token is predicted
 (``answer_loss``), and the value head reads the same forward pass (``LastHiddenState``). The
-summary records the median step time and the peak memory (``resource_figures``). Reproducible: same seed, data, arguments, thread count and
-library versions give the same adapter.
+summary records the median step time and the peak memory (``resource_figures``).
+Reproducible: same seed, data, arguments, thread count and library versions give the same
+adapter.
 """
 
 from __future__ import annotations
