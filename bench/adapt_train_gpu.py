@@ -33,6 +33,7 @@ import json
 import os
 from pathlib import Path
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -45,7 +46,6 @@ CONFIGS = {
     'checkpointing': ['--gradient_checkpointing'],
     'batch1': ['--gradient_checkpointing', '--batch_size', '1', '--grad_accum', '8'],
 }
-DEMO_SEED = 9100  # make adapt-demo's demonstration (adapt/demo.py)
 
 
 def base_checkpoint(out: Path, shape: str, device: str) -> Path:
@@ -53,11 +53,14 @@ def base_checkpoint(out: Path, shape: str, device: str) -> Path:
     from procvlm_ros.testing.tiny_model import build_tiny_checkpoint
 
     path = out / 'base'
-    if (path / 'config.json').is_file():
+    if path.is_dir():
         return path
     t0 = time.perf_counter()
-    build_tiny_checkpoint(path, shape=shape, dtype='bfloat16' if shape == 'procvlm_2b'
+    partial = out / 'base.partial'  # renamed when complete: a rerun never reuses half a base
+    shutil.rmtree(partial, ignore_errors=True)
+    build_tiny_checkpoint(partial, shape=shape, dtype='bfloat16' if shape == 'procvlm_2b'
                           else 'float32', device=device, with_value_head=True)
+    partial.rename(path)
     print(f'{shape} base written to {path} in {time.perf_counter() - t0:.0f} s', flush=True)
     return path
 
@@ -68,7 +71,7 @@ def demonstration(out: Path, scale: int) -> Path:
     import numpy as np
 
     from procvlm_ros.adapt.cli import main as adapt
-    from procvlm_ros.adapt.demo import FAMILY, stage_file
+    from procvlm_ros.adapt.demo import DEMO_SEED, FAMILY, stage_file
     from procvlm_ros.media.video import write_video
     from procvlm_ros.synth.episode import generate_episode
 
@@ -145,7 +148,6 @@ def main(argv: list[str] | None = None) -> int:
     for name in configs:
         adapter = out / 'adapters' / name
         if adapter.exists():  # train refuses a non-empty folder; a rerun measures again
-            import shutil
             shutil.rmtree(adapter)
         s = train(base, data, adapter, CONFIGS[name], args.steps, args.device, args.dtype)
         rows.append({'config': name, **{k: s.get(k) for k in (
