@@ -16,7 +16,9 @@ import argparse
 import json
 import logging
 from pathlib import Path
+import signal
 import sys
+import threading
 from typing import Any
 
 from procvlm_ros.core.errors import ProcVlmError
@@ -29,6 +31,38 @@ from procvlm_ros.label.store import LabelStore
 _LOG = logging.getLogger('procvlm-label')
 # BackendConfig fields naming files or folders (``model`` may also be a hub id).
 _PATH_OPTIONS = ('model', 'adapter', 'engine_dir')
+
+
+class CtrlC:
+    """
+    Ctrl-C that cannot get lost. Python raises KeyboardInterrupt wherever the main thread is,
+    and one raised while a finished episode's video or bag reader is being finalised (a
+    generator's ``finally``, a ``__del__``) is printed as "Exception ignored" and dropped, so
+    the run would go on. The request is also remembered and checked at every episode boundary.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _on_sigint(self, _signum: int, _frame: Any) -> None:
+        self.requested = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if Ctrl-C was pressed, even if its first raise was lost."""
+        if self.requested:
+            raise KeyboardInterrupt
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,7 +157,7 @@ def _settings(args: argparse.Namespace) -> LabelSettings:
                           stall_min_delta=args.stall_min_delta))
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, ctrl_c: CtrlC | None = None) -> int:
     from procvlm_ros.label import runner
     from procvlm_ros.label.writers import mcap_path_for, write_progress_mcap
 
@@ -147,6 +181,13 @@ def run(args: argparse.Namespace) -> int:
     mcap = kind == 'bags' and not args.no_mcap
 
     def handle(outcome: dict[str, Any]) -> None:
+        try:
+            record(outcome)  # the episode is finished: keep it even when stopping now
+        finally:
+            if ctrl_c is not None:
+                ctrl_c.check()
+
+    def record(outcome: dict[str, Any]) -> None:
         if outcome['ok']:
             result = outcome['result']
             try:
@@ -254,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')
     args = build_parser().parse_args(argv)
     try:
-        return run(args) if args.command == 'run' else run_select(args)
+        with CtrlC() as ctrl_c:
+            return run(args, ctrl_c) if args.command == 'run' else run_select(args)
     except KeyboardInterrupt:
         print('procvlm-label: interrupted; finished episodes are kept, rerun to resume',
               file=sys.stderr)
