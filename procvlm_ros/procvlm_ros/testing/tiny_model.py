@@ -414,7 +414,7 @@ def build_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, tokenizer: str 
     :param shape: ``'tiny'`` (default) or ``'procvlm_2b'``: ProcVLM-2B's shapes with random
         weights (Qwen3-VL only; about 4.3 GB in bf16), for GPU memory and speed figures.
     :param device: Where the random weights are initialised (``'cuda'`` is much faster for
-        ``procvlm_2b``); the files are the same.
+        ``procvlm_2b``; its random generator differs, so the weights differ too).
     :returns: The checkpoint directory.
     """
     if shape not in SHAPES:
