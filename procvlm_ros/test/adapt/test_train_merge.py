@@ -98,25 +98,38 @@ def test_run_reports_step_time_and_peak_memory(setup):
     assert summary['gradient_checkpointing'] is False
 
 
-def test_answer_loss_equals_the_full_logits_loss(setup):
-    # Logits only where an answer token is predicted: the same loss (and gradient) as the
-    # model's own loss over full logits, on a right-padded batch of different lengths.
+def model_and_batch(setup, pick):
+    """The tiny base (fp32, eval) and a training batch of the rows ``pick`` chooses."""
     import torch
 
     from procvlm_ros.adapt.dataset import read_qa_pairs
-    from procvlm_ros.adapt.train import answer_loss, collate, prepare_sample
+    from procvlm_ros.adapt.train import collate, prepare_sample
     from procvlm_ros.core.backends.hf_processor import load_processor
     from procvlm_ros.core.backends.transformers_backend import load_model
 
     base, root, *_ = setup
     processor, _ = load_processor(base, 0, 0)
     model = load_model(base, 'cpu', torch.float32, 'sdpa').eval()
-    rows = read_qa_pairs(root / 'data')
-    rows = sorted(rows, key=lambda r: len(r['images']))
-    picked = [rows[0], rows[-1], rows[len(rows) // 2]]  # 1 image ... the most images
-    assert len({len(r['images']) for r in picked}) == 3
-    batch = collate([prepare_sample(processor, r) for r in picked], 0, 'cpu', torch.float32)
+    rows = pick(read_qa_pairs(root / 'data'))
+    batch = collate([prepare_sample(processor, r) for r in rows], 0, 'cpu', torch.float32)
     batch.pop('progress')
+    return model, batch
+
+
+def test_answer_loss_equals_the_full_logits_loss(setup):
+    # Logits only where an answer token is predicted: the same loss (and gradient) as the
+    # model's own loss over full logits, on a right-padded batch of different lengths.
+    import torch
+
+    from procvlm_ros.adapt.train import answer_loss
+
+    def mixed(rows):  # 1 image ... the most images
+        rows = sorted(rows, key=lambda r: len(r['images']))
+        picked = [rows[0], rows[-1], rows[len(rows) // 2]]
+        assert len({len(r['images']) for r in picked}) == 3
+        return picked
+
+    model, batch = model_and_batch(setup, mixed)
     lm_head = model.lm_head.weight
     full = model(**batch).loss
     (g_full,) = torch.autograd.grad(full, lm_head)
@@ -131,17 +144,9 @@ def test_value_head_reads_the_cross_entropy_pass(setup):
     # (one pass, as the official model's forward); it equals a separate pass's.
     import torch
 
-    from procvlm_ros.adapt.dataset import read_qa_pairs
-    from procvlm_ros.adapt.train import collate, LastHiddenState, prepare_sample
-    from procvlm_ros.core.backends.hf_processor import load_processor
-    from procvlm_ros.core.backends.transformers_backend import load_model
+    from procvlm_ros.adapt.train import LastHiddenState
 
-    base, root, *_ = setup
-    processor, _ = load_processor(base, 0, 0)
-    model = load_model(base, 'cpu', torch.float32, 'sdpa').eval()
-    rows = read_qa_pairs(root / 'data')[:3]
-    batch = collate([prepare_sample(processor, r) for r in rows], 0, 'cpu', torch.float32)
-    batch.pop('progress')
+    model, batch = model_and_batch(setup, lambda rows: rows[:3])
     catcher = LastHiddenState(model)
     with torch.no_grad():
         loss = model(**batch).loss
