@@ -476,8 +476,9 @@ def train_adapter(base: str | Path, data_dirs: list[str] | str, out: str | Path,
     steps = settings.steps or max(1, math.ceil(settings.epochs * len(samples) / per_step))
     warmup = int(math.ceil(settings.warmup_ratio * steps))
     pad_id = processor.tokenizer.pad_token_id or 0
-    autocast = dev.startswith('cuda') and torch_dtype != torch.float32
-    if dev.startswith('cuda'):  # what the training itself needs (model and batches included)
+    on_cuda = dev.startswith('cuda')
+    autocast = on_cuda and torch_dtype != torch.float32
+    if on_cuda:  # what the training itself needs (model and batches included)
         torch.cuda.reset_peak_memory_stats(dev)
     step_seconds: list[float] = []
     head_input = LastHiddenState(peft_model.get_base_model()) if (
@@ -523,7 +524,7 @@ def train_adapter(base: str | Path, data_dirs: list[str] | str, out: str | Path,
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            if dev.startswith('cuda'):  # kernels run asynchronously: time the finished step
+            if on_cuda:  # kernels run asynchronously: time the finished step
                 torch.cuda.synchronize(dev)
             step_seconds.append(time.perf_counter() - t_step)
             last = {'step': step, 'loss': stats['ce'] + settings.value_loss_weight * stats[
